@@ -1,0 +1,1 @@
+"""Merchant records and their API keys: issuing, hashing, authenticating, rotating, revoking."""

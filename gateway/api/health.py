@@ -1,0 +1,34 @@
+"""Liveness and readiness: /healthz says the process answers, /readyz that it can take payments."""
+
+from __future__ import annotations
+
+import json
+
+from aiohttp import web
+
+from gateway.api.state import STORE
+from gateway.store import StoreError, Tx
+
+routes = web.RouteTableDef()
+
+
+@routes.get("/healthz")
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok", "checks": {}})
+
+
+@routes.get("/readyz")
+async def readyz(request: web.Request) -> web.Response:
+    checks: dict[str, str] = {}
+
+    async def ping(tx: Tx) -> None:
+        await tx.fetchone("SELECT 1 AS ok")
+
+    try:
+        await request.app[STORE].read(ping)
+        checks["store"] = "ok"
+    except StoreError as exc:
+        checks["store"] = f"unavailable: {exc}"
+    ready = all(v == "ok" for v in checks.values())
+    body = {"status": "ok" if ready else "unavailable", "checks": checks}
+    return web.Response(status=200 if ready else 503, text=json.dumps(body), content_type="application/json")

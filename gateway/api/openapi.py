@@ -1,0 +1,167 @@
+"""OpenAPI 3.1 document, generated from the pydantic models so the schema and the validation agree.
+
+OpenAPI 3.1 uses JSON Schema 2020-12, which is what pydantic emits, so component schemas are taken as they
+are. Route extensions (the regulator API later) add their own paths and schemas.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from pydantic import BaseModel
+from pydantic.json_schema import models_json_schema
+
+from gateway.api import models
+from gateway.extensions import RouteExtension
+
+_COMPONENT_MODELS: tuple[type[BaseModel], ...] = (
+    models.CreateInvoiceRequest,
+    models.InvoiceOut,
+    models.InvoiceList,
+    models.PaymentList,
+    models.ProblemOut,
+    models.HealthOut,
+)
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _problem(description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/problem+json": {"schema": _ref("ProblemOut")}}}
+
+
+def _ok(name: str, description: str = "OK") -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": _ref(name)}}}
+
+
+_INVOICE_ID = {
+    "name": "invoice_id", "in": "path", "required": True,
+    "schema": {"type": "string", "pattern": "^inv_[0-9a-z]{26}$"},
+}
+_AUTH_ERRORS = {"401": _problem("Missing or invalid API key")}
+_NOT_FOUND = {"404": _problem("No such invoice in your account")}
+
+
+def _paths() -> dict[str, Any]:
+    return {
+        "/v1/invoices": {
+            "post": {
+                "operationId": "createInvoice",
+                "summary": "Create a tenge-priced invoice with a fresh address per asset",
+                "security": [{"apiKey": []}],
+                "parameters": [{
+                    "name": "Idempotency-Key", "in": "header", "required": False,
+                    "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+                    "description": "Same key and body replays the first answer; same key, other body: 409.",
+                }],
+                "requestBody": {"required": True,
+                                "content": {"application/json": {"schema": _ref("CreateInvoiceRequest")}}},
+                "responses": {
+                    "201": _ok("InvoiceOut", "Created"),
+                    "400": _problem("Malformed request"),
+                    **_AUTH_ERRORS,
+                    "403": _problem("Merchant disabled or invoice refused by policy"),
+                    "409": _problem("Idempotency-Key reused with another body"),
+                    "413": _problem("Body too large"),
+                    "415": _problem("Body is not JSON"),
+                    "422": _problem("Invalid field values"),
+                    "503": _problem("No fresh exchange rate or storage unavailable"),
+                },
+            },
+            "get": {
+                "operationId": "listInvoices",
+                "summary": "List invoices, newest first, with cursor pagination",
+                "security": [{"apiKey": []}],
+                "parameters": [
+                    {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 100}},
+                    {"name": "starting_after", "in": "query", "schema": {"type": "string"}},
+                    {"name": "status", "in": "query", "schema": {"type": "string", "enum": [
+                        "new", "processing", "settled", "expired", "cancelled", "reversed"]}},
+                    {"name": "order_id", "in": "query", "schema": {"type": "string"}},
+                    {"name": "created_gte", "in": "query", "schema": {"type": "string", "format": "date-time"}},
+                    {"name": "created_lt", "in": "query", "schema": {"type": "string", "format": "date-time"}},
+                ],
+                "responses": {"200": _ok("InvoiceList"), "400": _problem("Bad query"), **_AUTH_ERRORS},
+            },
+        },
+        "/v1/invoices/{invoice_id}": {
+            "get": {
+                "operationId": "getInvoice", "summary": "Fetch one invoice", "security": [{"apiKey": []}],
+                "parameters": [_INVOICE_ID],
+                "responses": {"200": _ok("InvoiceOut"), **_AUTH_ERRORS, **_NOT_FOUND},
+            }
+        },
+        "/v1/invoices/{invoice_id}/cancel": {
+            "post": {
+                "operationId": "cancelInvoice", "summary": "Cancel an invoice nothing confirmed has paid",
+                "security": [{"apiKey": []}], "parameters": [_INVOICE_ID],
+                "responses": {"200": _ok("InvoiceOut"), **_AUTH_ERRORS, **_NOT_FOUND,
+                              "409": _problem("The invoice can no longer be cancelled")},
+            }
+        },
+        "/v1/invoices/{invoice_id}/accept-late": {
+            "post": {
+                "operationId": "acceptLatePayment", "summary": "Accept a payment that arrived after expiry",
+                "security": [{"apiKey": []}], "parameters": [_INVOICE_ID],
+                "responses": {"200": _ok("InvoiceOut"), **_AUTH_ERRORS, **_NOT_FOUND,
+                              "409": _problem("Nothing late to accept, or it does not cover the price")},
+            }
+        },
+        "/v1/invoices/{invoice_id}/payments": {
+            "get": {
+                "operationId": "listInvoicePayments", "summary": "Payments seen for an invoice",
+                "security": [{"apiKey": []}], "parameters": [_INVOICE_ID],
+                "responses": {"200": _ok("PaymentList"), **_AUTH_ERRORS, **_NOT_FOUND},
+            }
+        },
+        "/v1/invoices/{invoice_id}/qr/{filename}": {
+            "get": {
+                "operationId": "getPaymentQr", "summary": "QR code of an asset's payment URI (PNG or SVG)",
+                "security": [{"apiKey": []}],
+                "parameters": [_INVOICE_ID, {"name": "filename", "in": "path", "required": True,
+                                             "schema": {"type": "string", "pattern": "^(BTC|ETH|USDT)\\.(png|svg)$"}}],
+                "responses": {
+                    "200": {"description": "QR image", "content": {"image/png": {"schema": {"type": "string",
+                            "contentMediaType": "image/png"}}, "image/svg+xml": {"schema": {"type": "string"}}}},
+                    **_AUTH_ERRORS, **_NOT_FOUND,
+                },
+            }
+        },
+        "/healthz": {"get": {"operationId": "healthz", "summary": "Liveness",
+                             "responses": {"200": _ok("HealthOut")}}},
+        "/readyz": {"get": {"operationId": "readyz", "summary": "Readiness (store reachable)",
+                            "responses": {"200": _ok("HealthOut"), "503": _ok("HealthOut", "Not ready")}}},
+    }
+
+
+def build_openapi(extensions: Sequence[RouteExtension] = (), *, server_url: str | None = None) -> dict[str, Any]:
+    _, schema = models_json_schema(
+        [(m, "validation" if m is models.CreateInvoiceRequest else "serialization") for m in _COMPONENT_MODELS],
+        ref_template="#/components/schemas/{model}",
+    )
+    schemas: dict[str, Any] = dict(schema.get("$defs", {}))
+    paths = _paths()
+    for extension in extensions:
+        paths.update(extension.openapi_paths)
+        schemas.update(extension.openapi_schemas)
+    document: dict[str, Any] = {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "CryptoCity gateway",
+            "version": "1",
+            "description": "Tenge-priced crypto invoices for the Alatau CryptoCity pilot. Errors are RFC 9457 "
+            "problem details. Amounts are decimal strings and integer minor units (tiyn, sat, wei, token units).",
+        },
+        "paths": paths,
+        "components": {
+            "schemas": schemas,
+            "securitySchemes": {"apiKey": {"type": "http", "scheme": "bearer",
+                                           "description": "Merchant API key, cc_test_…"}},
+        },
+    }
+    if server_url:
+        document["servers"] = [{"url": server_url}]
+    return document

@@ -1,0 +1,50 @@
+"""Reading requests at the edge: content type, size, JSON syntax, schema; each failure a precise 4xx."""
+
+from __future__ import annotations
+
+from typing import TypeVar
+
+from aiohttp import web
+from pydantic import BaseModel, ValidationError
+
+from gateway.api.problems import FieldError, Problem, validation_problem
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def _require_json(request: web.Request) -> None:
+    if request.content_type != "application/json":
+        shown = request.content_type or "none"
+        raise Problem(
+            415, "Unsupported media type", f"send the body as application/json (got {shown})", "unsupported-media-type"
+        )
+
+
+async def read_model(request: web.Request, model: type[M]) -> tuple[M, bytes]:
+    """Validate the body against ``model``; returns the model and the raw bytes (for idempotency)."""
+    _require_json(request)
+    raw = await request.read()  # aiohttp raises 413 past client_max_size
+    try:
+        return model.model_validate_json(raw), raw
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        if first["type"] == "json_invalid":
+            raise Problem(
+                400, "Malformed JSON", f"the body is not valid JSON: {first['msg']}", "malformed-json",
+                (FieldError("", str(first.get("ctx", {}).get("error", first["msg"]))),),
+            ) from None
+        if first["type"] == "model_type" and not first["loc"]:
+            raise Problem(400, "Bad request", "the body must be a JSON object", "bad-request") from None
+        raise validation_problem(exc) from None
+
+
+def query_int(request: web.Request, name: str, default: int, low: int, high: int) -> int:
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    if not raw.isdigit() or not low <= int(raw) <= high:
+        raise Problem(
+            400, "Bad request", f"query parameter {name} must be an integer from {low} to {high}", "bad-query",
+            (FieldError(f"?{name}", f"expected an integer from {low} to {high}, got {raw!r}"),),
+        )
+    return int(raw)

@@ -1,0 +1,27 @@
+"""Typed keys for what the application and each request carry (no module globals)."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from gateway.accounts.merchants import MerchantRegistry
+from gateway.address_pool import AddressPool
+from gateway.clock import Clock
+from gateway.config import Config
+from gateway.extensions import Extensions
+from gateway.invoices.service import InvoiceService
+from gateway.outbox import OutboxRunner
+from gateway.store import Store
+
+CONFIG = web.AppKey("config", Config)
+CLOCK = web.AppKey("clock", Clock)
+EXTENSIONS = web.AppKey("extensions", Extensions)
+STORE = web.AppKey("store", Store)
+REGISTRY = web.AppKey("registry", MerchantRegistry)
+ADDRESSES = web.AppKey("addresses", AddressPool)
+SERVICE = web.AppKey("service", InvoiceService)
+OUTBOX = web.AppKey("outbox", OutboxRunner)
+
+# Per-request values (request[...] is a plain dict keyed by str).
+MERCHANT_ID = "merchant_id"
+REQUEST_ID = "request_id"

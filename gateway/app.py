@@ -1,0 +1,147 @@
+"""The application factory: ``create_app(config, extensions)`` wires the gateway together.
+
+Each long-lived resource (store, address pool, outbox consumers, expiry sweeper) is set up and torn down in
+its own cleanup context, so teardown runs only for what was set up, in reverse order, and background tasks
+are cancelled and awaited on exit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sys
+from collections.abc import AsyncIterator
+from typing import Any
+
+import structlog
+from aiohttp import web
+
+from gateway.accounts.merchants import MerchantRegistry
+from gateway.address_pool import AddressPool
+from gateway.api import health, invoices
+from gateway.api.middleware import merchant_auth_middleware, request_context_middleware
+from gateway.api.openapi import build_openapi
+from gateway.api.problems import MAX_BODY_KEY, problem_middleware
+from gateway.api.state import ADDRESSES, CLOCK, CONFIG, EXTENSIONS, OUTBOX, REGISTRY, SERVICE, STORE
+from gateway.clock import Clock, SystemClock
+from gateway.config import Config
+from gateway.extensions import Extensions
+from gateway.invoices.service import InvoiceService, MerchantTerms
+from gateway.money import Chain
+from gateway.outbox import OutboxRunner
+from gateway.rates import FixedRates, RateSource
+from gateway.store import Store, open_store
+
+log = structlog.get_logger("gateway.app")
+
+
+def create_app(
+    config: Config,
+    extensions: Extensions | None = None,
+    *,
+    clock: Clock | None = None,
+    rates: RateSource | None = None,
+    store: Store | None = None,
+) -> web.Application:
+    """Build the gateway. ``store`` may be passed in (tests share one); otherwise it is opened from config."""
+    ext = extensions or Extensions()
+    app = web.Application(
+        client_max_size=config.server.max_body_bytes,
+        middlewares=[request_context_middleware, problem_middleware, merchant_auth_middleware],
+    )
+    app[CONFIG] = config
+    app[CLOCK] = clock or SystemClock()
+    app[EXTENSIONS] = ext
+    app[MAX_BODY_KEY] = config.server.max_body_bytes
+    app.cleanup_ctx.append(_store_ctx(store))
+    app.cleanup_ctx.append(_services_ctx(rates))
+    app.cleanup_ctx.append(_outbox_ctx)
+    app.cleanup_ctx.append(_expiry_sweeper_ctx)
+    app.add_routes(invoices.routes)
+    app.add_routes(health.routes)
+    openapi = build_openapi(ext.routes)
+
+    async def openapi_json(request: web.Request) -> web.Response:
+        return web.json_response(openapi)
+
+    app.router.add_get("/openapi.json", openapi_json)
+    for route in ext.routes:
+        app.add_subapp(route.prefix, route.app)
+    return app
+
+
+def _store_ctx(given: Store | None) -> Any:
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        cfg = app[CONFIG]
+        sys.setswitchinterval(cfg.server.switch_interval_ms / 1000)
+        store = given or await open_store(cfg.store)
+        app[STORE] = store
+        yield
+        if given is None:
+            await store.close()
+
+    return ctx
+
+
+def _services_ctx(rates: RateSource | None) -> Any:
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        cfg = app[CONFIG]
+        store, clock = app[STORE], app[CLOCK]
+        registry = MerchantRegistry(
+            store, clock, key_environment=cfg.merchants.api_key_environment,
+            auth_cache_seconds=cfg.merchants.auth_cache_seconds,
+        )
+        pool = AddressPool(btc_hrp=cfg.bitcoin.bech32_hrp, pool_size=cfg.addresses.pool_size)
+        source = rates or FixedRates(cfg.rates.fixed.kzt_per_unit)
+
+        async def merchant_terms(merchant_id: str) -> MerchantTerms:
+            merchant = await registry.get_cached(merchant_id)
+            return MerchantTerms(
+                id=merchant.id, name=merchant.name, active=merchant.active,
+                accepted_assets=merchant.accepted_assets, btc_account_key=merchant.btc_account_key,
+                eth_account_key=merchant.eth_account_key, default_expiry_seconds=merchant.default_expiry_seconds,
+            )
+
+        app[REGISTRY] = registry
+        app[ADDRESSES] = pool
+        app[SERVICE] = InvoiceService(
+            store=store, clock=clock, config=cfg, rates=source, addresses=pool, extensions=app[EXTENSIONS],
+            merchant_terms=merchant_terms,
+        )
+        await _prime_address_pool(store, pool)
+        yield
+        await pool.close()
+
+    return ctx
+
+
+async def _prime_address_pool(store: Store, pool: AddressPool) -> None:
+    rows = await store.read(lambda tx: tx.fetchall("SELECT chain, account_key, next_index FROM address_counters"))
+    for row in rows:
+        pool.prime(Chain(row["chain"]), row["account_key"], int(row["next_index"]))
+
+
+async def _outbox_ctx(app: web.Application) -> AsyncIterator[None]:
+    runner = OutboxRunner(app[STORE], app[CLOCK], app[EXTENSIONS].consumers)
+    app[OUTBOX] = runner
+    runner.start()
+    yield
+    await runner.stop()
+
+
+async def _expiry_sweeper_ctx(app: web.Application) -> AsyncIterator[None]:
+    service, interval = app[SERVICE], app[CONFIG].invoices.expiry_sweep_seconds
+
+    async def sweep() -> None:
+        while True:
+            try:
+                await service.expire_due()
+            except Exception:
+                log.exception("invoices.expiry_sweep_failed")
+            await asyncio.sleep(interval)
+
+    task = asyncio.create_task(sweep(), name="expiry-sweeper")
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task

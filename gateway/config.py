@@ -1,0 +1,333 @@
+"""Configuration: config.toml defaults, environment overrides, pydantic validation.
+
+Every setting has its default here AND a commented line in config.toml at the project root; a test keeps
+the two identical. Environment variables ``CRYPTOCITY_<SECTION>__<KEY>`` (nested sections joined with
+``__``) override the file, because operators and CI change one value without editing a file.
+
+A wrong value must stop start-up with one line naming the key and what was expected, so loading turns
+pydantic's error list into :class:`ConfigError` with exactly that line.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from decimal import Decimal
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from gateway.money import KZT_DECIMALS, AmountError, Asset, parse_decimal_amount
+
+ENV_PREFIX = "CRYPTOCITY_"
+CONFIG_ENV = "CRYPTOCITY_CONFIG"
+
+
+class ConfigError(Exception):
+    """A configuration value is wrong; ``str(error)`` is the one line an operator needs."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _kzt_to_tiyn(value: str) -> int:
+    try:
+        return parse_decimal_amount(value, KZT_DECIMALS)
+    except AmountError as exc:
+        raise ValueError(f"expected a KZT amount such as \"1000.00\": {exc}") from None
+
+
+class ServerConfig(_Section):
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=0, le=65535)] = 8080
+    public_url: str = ""
+    max_body_bytes: Annotated[int, Field(ge=1024)] = 65536
+    switch_interval_ms: Annotated[float, Field(gt=0, le=100)] = 1.0
+    shutdown_timeout_seconds: Annotated[float, Field(gt=0)] = 10.0
+
+
+class StoreConfig(_Section):
+    path: str = "var/cryptocity.sqlite3"
+    dsn: str = ""
+    max_batch: Annotated[int, Field(ge=1, le=10000)] = 512
+    readers: Annotated[int, Field(ge=1, le=16)] = 2
+    busy_timeout_ms: Annotated[int, Field(ge=0)] = 5000
+
+
+class LoggingConfig(_Section):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["json", "console"] = "json"
+    access_log: bool = False
+
+
+class InvoicesConfig(_Section):
+    min_amount_kzt: str = "1.00"
+    max_amount_kzt: str = "1000000.00"
+    default_expiry_seconds: Annotated[int, Field(ge=60)] = 900
+    min_expiry_seconds: Annotated[int, Field(ge=30)] = 60
+    max_expiry_seconds: Annotated[int, Field(ge=60)] = 7 * 24 * 3600
+    payment_tolerance: Decimal = Decimal("0")
+    metadata_max_bytes: Annotated[int, Field(ge=0, le=65536)] = 4096
+    description_max_length: Annotated[int, Field(ge=0, le=10000)] = 500
+    expiry_sweep_seconds: Annotated[float, Field(gt=0)] = 1.0
+    idempotency_retention_hours: Annotated[int, Field(ge=1)] = 24
+
+    @field_validator("min_amount_kzt", "max_amount_kzt")
+    @classmethod
+    def _valid_kzt(cls, value: str) -> str:
+        _kzt_to_tiyn(value)
+        return value
+
+    @field_validator("payment_tolerance")
+    @classmethod
+    def _valid_tolerance(cls, value: Decimal) -> Decimal:
+        if not Decimal("0") <= value < Decimal("0.5"):
+            raise ValueError("expected a fraction between 0 and 0.5, e.g. 0.005 for half a percent")
+        return value
+
+    @model_validator(mode="after")
+    def _ordered(self) -> InvoicesConfig:
+        if _kzt_to_tiyn(self.min_amount_kzt) <= 0:
+            raise ValueError("min_amount_kzt must be above zero")
+        if _kzt_to_tiyn(self.min_amount_kzt) > _kzt_to_tiyn(self.max_amount_kzt):
+            raise ValueError("min_amount_kzt must not exceed max_amount_kzt")
+        if not self.min_expiry_seconds <= self.default_expiry_seconds <= self.max_expiry_seconds:
+            raise ValueError("default_expiry_seconds must lie between min_expiry_seconds and max_expiry_seconds")
+        return self
+
+    @property
+    def min_amount_tiyn(self) -> int:
+        return _kzt_to_tiyn(self.min_amount_kzt)
+
+    @property
+    def max_amount_tiyn(self) -> int:
+        return _kzt_to_tiyn(self.max_amount_kzt)
+
+
+class AssetsConfig(_Section):
+    enabled: list[Asset] = Field(default_factory=lambda: [Asset.BTC, Asset.ETH, Asset.USDT])
+
+
+_BTC_DEFAULT_HRP = {"mainnet": "bc", "testnet": "tb", "testnet4": "tb", "signet": "tb", "regtest": "bcrt"}
+
+
+class BitcoinConfig(_Section):
+    network: Literal["mainnet", "testnet", "testnet4", "signet", "regtest"] = "regtest"
+    hrp: str = ""
+    allow_mainnet: bool = False
+    dust_limit_sat: Annotated[int, Field(ge=0)] = 294
+
+    @field_validator("hrp")
+    @classmethod
+    def _valid_hrp(cls, value: str) -> str:
+        if value and not (value.isascii() and value.isalnum() and value.islower() and len(value) <= 10):
+            raise ValueError("expected a lower-case bech32 human-readable part such as \"tb\", \"bcrt\" or \"rb\"")
+        return value
+
+    @model_validator(mode="after")
+    def _mainnet_guard(self) -> BitcoinConfig:
+        if self.network == "mainnet" and not self.allow_mainnet:
+            raise ValueError("network is mainnet but allow_mainnet is false; refusing real money by accident")
+        return self
+
+    @property
+    def bech32_hrp(self) -> str:
+        return self.hrp or _BTC_DEFAULT_HRP[self.network]
+
+
+class EthereumConfig(_Section):
+    chain_id: Annotated[int, Field(ge=1)] = 31337
+    mainnet_chain_ids: list[int] = Field(default_factory=lambda: [1])
+    allow_mainnet: bool = False
+    token_address: str = "0x5FbDB2315678afecb367f032d93F642f64180aa3"
+    token_symbol: str = "tUSDT"
+    token_decimals: Annotated[int, Field(ge=0, le=36)] = 6
+
+    @model_validator(mode="after")
+    def _mainnet_guard(self) -> EthereumConfig:
+        if self.chain_id in self.mainnet_chain_ids and not self.allow_mainnet:
+            raise ValueError(
+                f"chain_id {self.chain_id} is a mainnet id but allow_mainnet is false; refusing real money by accident"
+            )
+        return self
+
+
+class FixedRatesConfig(_Section):
+    enabled: bool = True
+    kzt_per_unit: dict[Asset, Decimal] = Field(
+        default_factory=lambda: {
+            Asset.BTC: Decimal("48450000.00"),
+            Asset.ETH: Decimal("1683000.00"),
+            Asset.USDT: Decimal("510.00"),
+        }
+    )
+
+    @field_validator("kzt_per_unit")
+    @classmethod
+    def _positive(cls, value: dict[Asset, Decimal]) -> dict[Asset, Decimal]:
+        for asset, rate in value.items():
+            if not rate.is_finite() or rate <= 0:
+                raise ValueError(f"rate for {asset.value} must be a positive number, got {rate}")
+        return value
+
+
+class RatesConfig(_Section):
+    fixed: FixedRatesConfig = Field(default_factory=FixedRatesConfig)
+
+
+class ConfirmationRule(_Section):
+    """Confirmations needed for a payment in ``asset`` when the invoice price is at most ``up_to_kzt``."""
+
+    asset: Asset
+    up_to_kzt: str
+    confirmations: Annotated[int, Field(ge=0, le=1000)]
+
+    @field_validator("up_to_kzt")
+    @classmethod
+    def _valid_kzt(cls, value: str) -> str:
+        _kzt_to_tiyn(value)
+        return value
+
+
+def _default_confirmation_rules() -> list[ConfirmationRule]:
+    rules = [
+        (Asset.BTC, "50000.00", 0),
+        (Asset.BTC, "500000.00", 1),
+        (Asset.BTC, "1000000000.00", 3),
+        (Asset.ETH, "100000.00", 1),
+        (Asset.ETH, "1000000000.00", 6),
+        (Asset.USDT, "100000.00", 1),
+        (Asset.USDT, "1000000000.00", 6),
+    ]
+    return [ConfirmationRule(asset=a, up_to_kzt=k, confirmations=c) for a, k, c in rules]
+
+
+class ConfirmationsConfig(_Section):
+    rules: list[ConfirmationRule] = Field(default_factory=_default_confirmation_rules)
+
+    def required(self, asset: Asset, price_tiyn: int) -> int:
+        """The first rule of the asset whose bound covers the price; above every bound, the strictest."""
+        matching = [r for r in self.rules if r.asset == asset]
+        for rule in sorted(matching, key=lambda r: _kzt_to_tiyn(r.up_to_kzt)):
+            if price_tiyn <= _kzt_to_tiyn(rule.up_to_kzt):
+                return rule.confirmations
+        return max((r.confirmations for r in matching), default=1)
+
+
+class MerchantsConfig(_Section):
+    api_key_environment: Literal["test", "live"] = "test"
+    auth_cache_seconds: Annotated[float, Field(ge=0)] = 5.0
+
+
+class AddressesConfig(_Section):
+    pool_size: Annotated[int, Field(ge=0, le=100000)] = 256
+
+
+class Config(_Section):
+    server: ServerConfig = Field(default_factory=ServerConfig)
+    store: StoreConfig = Field(default_factory=StoreConfig)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    invoices: InvoicesConfig = Field(default_factory=InvoicesConfig)
+    assets: AssetsConfig = Field(default_factory=AssetsConfig)
+    bitcoin: BitcoinConfig = Field(default_factory=BitcoinConfig)
+    ethereum: EthereumConfig = Field(default_factory=EthereumConfig)
+    rates: RatesConfig = Field(default_factory=RatesConfig)
+    confirmations: ConfirmationsConfig = Field(default_factory=ConfirmationsConfig)
+    merchants: MerchantsConfig = Field(default_factory=MerchantsConfig)
+    addresses: AddressesConfig = Field(default_factory=AddressesConfig)
+
+    @property
+    def public_url(self) -> str:
+        return self.server.public_url.rstrip("/") or f"http://{self.server.host}:{self.server.port}"
+
+
+def _parse_env_value(raw: str) -> Any:
+    """Interpret an environment value as a TOML literal when it is one (integers, booleans, arrays)."""
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return raw
+    # A float would lose the exact text of amounts and rates; the models parse decimal strings themselves.
+    return raw if isinstance(value, float) else value
+
+
+def _env_overrides(environ: Mapping[str, str]) -> tuple[dict[str, Any], dict[tuple[str, ...], str]]:
+    tree: dict[str, Any] = {}
+    origin: dict[tuple[str, ...], str] = {}
+    for name, raw in environ.items():
+        if not name.startswith(ENV_PREFIX) or name == CONFIG_ENV or "__" not in name:
+            continue
+        path = tuple(part.lower() for part in name[len(ENV_PREFIX) :].split("__"))
+        if any(not part for part in path):
+            continue
+        node = tree
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                break
+        else:
+            node[path[-1]] = _parse_env_value(raw)
+            origin[path] = name
+    return tree, origin
+
+
+def _merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _one_line(error: ValidationError, origin: Mapping[tuple[str, ...], str], source: str) -> str:
+    first = error.errors()[0]
+    loc = tuple(str(part) for part in first["loc"])
+    key = ".".join(loc) or "(top level)"
+    message = first["msg"].removeprefix("Value error, ")
+    where = source
+    for depth in range(len(loc), 0, -1):
+        if loc[:depth] in origin:
+            where = f"environment variable {origin[loc[:depth]]}"
+            break
+    else:
+        below = sorted(name for path, name in origin.items() if path[: len(loc)] == loc)
+        if below:
+            where = "environment variable " + ", ".join(below)
+    got = "" if first["type"] in {"missing", "value_error"} else f", got {first.get('input')!r}"
+    more = f" (and {len(error.errors()) - 1} more)" if len(error.errors()) > 1 else ""
+    return f"config error: {key}: {message}{got} [from {where}]{more}"
+
+
+def default_config_path() -> Path | None:
+    """``$CRYPTOCITY_CONFIG`` if set, else ./config.toml if present, else none (built-in defaults)."""
+    explicit = os.environ.get(CONFIG_ENV)
+    if explicit:
+        return Path(explicit)
+    local = Path("config.toml")
+    return local if local.is_file() else None
+
+
+def load_config(path: Path | None = None, environ: Mapping[str, str] | None = None) -> Config:
+    """Load defaults, then the TOML file (if any), then environment overrides; validate everything."""
+    environ = os.environ if environ is None else environ
+    data: dict[str, Any] = {}
+    source = "built-in defaults"
+    if path is not None:
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"config error: file {path} does not exist") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config error: {path} is not valid TOML: {exc}") from None
+        source = str(path)
+    overrides, origin = _env_overrides(environ)
+    data = _merge(data, overrides)
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_one_line(exc, origin, source)) from None

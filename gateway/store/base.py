@@ -1,0 +1,73 @@
+"""The store interface every backend implements, and the errors callers may catch.
+
+Callers see two operations:
+
+- ``await store.transaction(fn)`` runs ``fn(tx)`` as one all-or-nothing unit and returns its result only
+  after the unit is durably committed. Units from concurrent callers may share one physical commit (group
+  commit), each inside its own savepoint: a unit that raises rolls back alone and its caller gets the
+  exception, the others commit. Reads inside a unit see the effects of earlier units of the same commit.
+- ``await store.read(fn)`` runs read-only queries on a snapshot, off the writer's path.
+
+SQL is written once with ``?`` placeholders and the portable subset shared by SQLite and PostgreSQL
+(``INSERT .. ON CONFLICT``, ``RETURNING``); a backend that needs another placeholder style rewrites it.
+A unit must only await its ``tx``: anything slow (network, heavy CPU) belongs before the unit starts,
+because the writer serialises units.
+
+Exception tree::
+
+    StoreError
+    ├── StoreUnavailable   the database cannot take writes now (disk full, I/O error, closed): answer 503
+    └── UniqueViolation    a unique key already exists (a racing insert); the unit was rolled back
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any, Protocol, TypeVar
+
+T = TypeVar("T")
+Row = Mapping[str, Any]
+
+
+class StoreError(Exception):
+    """Base of every store failure."""
+
+
+class StoreUnavailable(StoreError):
+    """The store cannot commit now; nothing of the unit was written and the caller may retry later."""
+
+
+class UniqueViolation(StoreError):
+    """A unique constraint refused a row; the unit that tried it was rolled back."""
+
+
+class Tx(Protocol):
+    """Handle given to a transaction unit (or to a read function, where writes are refused)."""
+
+    async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        """Run one statement; returns the number of rows changed."""
+        ...
+
+    async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None: ...
+
+    async def fetchone(self, sql: str, params: Sequence[Any] = ()) -> Row | None: ...
+
+    async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[Row]: ...
+
+    def after_commit(self, callback: Callable[[], None]) -> None:
+        """Run ``callback`` once this unit is durably committed (never if it rolls back)."""
+        ...
+
+
+class Store(Protocol):
+    backend: str
+
+    async def transaction(self, fn: Callable[[Tx], Awaitable[T]]) -> T: ...
+
+    async def read(self, fn: Callable[[Tx], Awaitable[T]]) -> T: ...
+
+    def on_commit(self, listener: Callable[[], None]) -> None:
+        """Call ``listener`` after every commit (outbox consumers use it to wake up without polling)."""
+        ...
+
+    async def close(self) -> None: ...

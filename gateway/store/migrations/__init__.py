@@ -1,0 +1,58 @@
+"""Numbered SQL migrations, applied in order, each in its own transaction, recorded in schema_migrations.
+
+Files are named ``NNNN_description.sql`` under a folder per backend (``sqlite/`` now; ``postgres/`` joins
+it with the PostgreSQL backend). Applied migrations are never edited: a change is a new file.
+"""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from importlib import resources
+
+_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    version: int
+    name: str
+    sql: str
+
+
+def load_migrations(backend: str) -> list[Migration]:
+    folder = resources.files(__package__).joinpath(backend)
+    found = []
+    for entry in folder.iterdir():
+        match = _NAME.match(entry.name)
+        if match:
+            found.append(Migration(int(match.group(1)), match.group(2), entry.read_text(encoding="utf-8")))
+    found.sort(key=lambda m: m.version)
+    versions = [m.version for m in found]
+    if versions != list(range(1, len(found) + 1)):
+        raise RuntimeError(f"{backend} migrations must be numbered 1..n without gaps, found {versions}")
+    return found
+
+
+def apply_sqlite_migrations(conn: sqlite3.Connection) -> list[int]:
+    """Apply every migration not yet recorded; returns the versions applied now."""
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS schema_migrations ("
+        " version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL)"
+    )
+    done = {row[0] for row in conn.execute("SELECT version FROM schema_migrations")}
+    applied = []
+    for migration in load_migrations("sqlite"):
+        if migration.version in done:
+            continue
+        stamp = datetime.now(UTC).isoformat()
+        conn.executescript(
+            "BEGIN;\n"
+            + migration.sql
+            + f"\n;INSERT INTO schema_migrations(version, name, applied_at) VALUES "
+            f"({migration.version}, '{migration.name}', '{stamp}');\nCOMMIT;"
+        )
+        applied.append(migration.version)
+    return applied

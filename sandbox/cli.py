@@ -1,0 +1,218 @@
+"""``cryptocity``: the composition root. It builds the gateway with the pilot's extensions and runs it.
+
+Subcommands: serve, migrate, merchants (create, list, add-key, rotate-key, revoke-key, disable), version.
+A configuration error ends the program with its one-line explanation and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import signal
+import sys
+from collections.abc import Sequence
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+from aiohttp import web
+
+from gateway.accounts.merchants import MerchantError, MerchantNotFound, MerchantRegistry
+from gateway.app import create_app
+from gateway.clock import SystemClock
+from gateway.config import Config, ConfigError, default_config_path, load_config
+from gateway.logging import configure_logging
+from gateway.money import Asset
+from gateway.store import SqliteStore, StoreError, open_store
+from sandbox.demo import DEMO_MERCHANT_NAME, demo_account_keys
+
+
+def _version() -> str:
+    try:
+        return version("cryptocity")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cryptocity", description="CryptoCity payment gateway and sandbox")
+    parser.add_argument("--config", type=Path, help="config file (default: $CRYPTOCITY_CONFIG or ./config.toml)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the gateway HTTP server")
+    serve.add_argument("--host", help="override server.host")
+    serve.add_argument("--port", type=int, help="override server.port (0 = any free port)")
+    serve.add_argument("--demo", action="store_true", help="create a demo merchant and print what to curl")
+
+    sub.add_parser("migrate", help="apply database migrations and exit")
+    sub.add_parser("version", help="print the version")
+
+    merchants = sub.add_parser("merchants", help="manage merchants and their API keys")
+    msub = merchants.add_subparsers(dest="action", required=True)
+    create = msub.add_parser("create", help="onboard a merchant; prints its first API key once")
+    create.add_argument("--name", required=True)
+    create.add_argument("--btc-xpub", help="BIP84 account public key (tpub/vpub on test networks)")
+    create.add_argument("--eth-xpub", help="BIP44 account public key of m/44'/60'/0'")
+    create.add_argument("--assets", default="", help="comma-separated, default: every asset the keys allow")
+    create.add_argument("--default-expiry", type=int, help="default invoice expiry in seconds")
+    msub.add_parser("list", help="list merchants")
+    for name, text in (("add-key", "issue an extra API key"), ("rotate-key", "issue a new key, revoke the others"),
+                       ("disable", "disable a merchant (its keys stop working)")):
+        action = msub.add_parser(name, help=text)
+        action.add_argument("merchant_id")
+    revoke = msub.add_parser("revoke-key", help="revoke one API key by its lookup part")
+    revoke.add_argument("merchant_id")
+    revoke.add_argument("lookup")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "version":
+        print(f"cryptocity {_version()}")
+        return 0
+    try:
+        config = load_config(args.config or default_config_path())
+        if args.command == "serve" and (args.host or args.port is not None):
+            server = config.server.model_copy(update={
+                k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None
+            })
+            config = Config.model_validate({**config.model_dump(), "server": server.model_dump()})
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    configure_logging(config.logging.level, config.logging.format)
+    try:
+        if args.command == "serve":
+            return asyncio.run(_serve(config, demo=args.demo))
+        if args.command == "migrate":
+            return asyncio.run(_migrate(config))
+        return asyncio.run(_merchants(config, args))
+    except StoreError as exc:
+        print(f"store error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+async def _migrate(config: Config) -> int:
+    store = await open_store(config.store)
+    await store.close()
+    print(f"migrations applied to {config.store.path}")
+    return 0
+
+
+async def _with_registry(config: Config) -> tuple[MerchantRegistry, SqliteStore]:
+    store = await open_store(config.store)
+    assert isinstance(store, SqliteStore)
+    registry = MerchantRegistry(store, SystemClock(), key_environment=config.merchants.api_key_environment,
+                                auth_cache_seconds=0)
+    return registry, store
+
+
+def _assets_for(btc: str | None, eth: str | None, text: str) -> list[Asset]:
+    if text:
+        return [Asset(code.strip().upper()) for code in text.split(",") if code.strip()]
+    return ([Asset.BTC] if btc else []) + ([Asset.ETH, Asset.USDT] if eth else [])
+
+
+async def _merchants(config: Config, args: argparse.Namespace) -> int:
+    registry, store = await _with_registry(config)
+    try:
+        if args.action == "create":
+            try:
+                assets = _assets_for(args.btc_xpub, args.eth_xpub, args.assets)
+            except ValueError as exc:
+                print(f"--assets: {exc}", file=sys.stderr)
+                return 2
+            merchant, key = await registry.create(
+                args.name, btc_account_key=args.btc_xpub, eth_account_key=args.eth_xpub,
+                accepted_assets=assets, default_expiry_seconds=args.default_expiry,
+            )
+            print(json.dumps({"merchant": merchant.public_view(), "api_key": key.plaintext}, indent=2))
+            print("Store the API key now: it is shown only once.", file=sys.stderr)
+        elif args.action == "list":
+            for merchant in await registry.list():
+                keys = await registry.list_keys(merchant.id)
+                view = merchant.public_view()
+                view["keys"] = [{"lookup": k.lookup, "label": k.label, "revoked": k.revoked_at is not None}
+                                for k in keys]
+                print(json.dumps(view))
+        elif args.action in ("add-key", "rotate-key"):
+            change = registry.add_key if args.action == "add-key" else registry.rotate_key
+            key = await change(args.merchant_id)
+            print(json.dumps({"merchant_id": args.merchant_id, "api_key": key.plaintext}))
+        elif args.action == "revoke-key":
+            await registry.revoke_key(args.merchant_id, args.lookup)
+            print(f"revoked key {args.lookup}")
+        elif args.action == "disable":
+            await registry.disable(args.merchant_id)
+            print(f"disabled {args.merchant_id}")
+        return 0
+    except MerchantError as exc:
+        print(f"invalid merchant: {exc}", file=sys.stderr)
+        return 2
+    except MerchantNotFound as exc:
+        print(f"not found: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        await store.close()
+
+
+async def _demo_merchant(config: Config) -> str:
+    """Reuse (or create) the demo merchant and return a fresh API key for it."""
+    registry, store = await _with_registry(config)
+    try:
+        existing = [m for m in await registry.list() if m.name == DEMO_MERCHANT_NAME and m.active]
+        if existing:
+            return (await registry.add_key(existing[0].id, label="demo")).plaintext
+        btc, eth = demo_account_keys()
+        _, key = await registry.create(DEMO_MERCHANT_NAME, btc_account_key=btc, eth_account_key=eth,
+                                       accepted_assets=[Asset.BTC, Asset.ETH, Asset.USDT])
+        return key.plaintext
+    finally:
+        await store.close()
+
+
+async def _serve(config: Config, *, demo: bool) -> int:
+    demo_key = await _demo_merchant(config) if demo else None
+    app = create_app(config)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=config.server.shutdown_timeout_seconds)
+    await runner.setup()
+    site = web.TCPSite(runner, config.server.host, config.server.port)
+    await site.start()
+    bound = runner.addresses[0]
+    base = f"http://{bound[0]}:{bound[1]}"
+    print(f"cryptocity gateway listening on {base}", flush=True)
+    if demo_key:
+        _print_demo(base, demo_key)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    print("shutting down", flush=True)
+    await runner.cleanup()
+    return 0
+
+
+def _print_demo(base: str, key: str) -> None:
+    print(f"""
+Demo merchant ready. Its API key (shown once): {key}
+
+Create an invoice:
+  curl -s -X POST {base}/v1/invoices \\
+    -H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' \\
+    -H 'Idempotency-Key: demo-1' \\
+    -d '{{"amount": "12500.00", "currency": "KZT", "order_id": "demo-1", "description": "Coffee and baursaks"}}'
+
+Then look at it, list invoices, get a QR code:
+  curl -s {base}/v1/invoices -H 'Authorization: Bearer {key}'
+  curl -s {base}/v1/invoices/<id>/qr/BTC.png -H 'Authorization: Bearer {key}' -o btc.png
+
+API description: {base}/openapi.json    Health: {base}/healthz    Stop with Ctrl-C.
+""", flush=True)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

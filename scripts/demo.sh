@@ -1,0 +1,6 @@
+#!/usr/bin/env bash
+# Main job (until the city simulation lands): the gateway on the embedded store with a demo merchant.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+exec .venv/bin/cryptocity serve --demo "$@"

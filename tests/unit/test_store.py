@@ -1,0 +1,153 @@
+"""The SQLite store: durability settings, group commit, per-unit savepoints, faults that keep nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from gateway.store import SqliteStore, StoreError, StoreUnavailable, Tx, UniqueViolation
+from gateway.store.migrations import load_migrations
+
+
+async def _put(tx: Tx, name: str, position: int = 0) -> str:
+    await tx.execute(
+        "INSERT INTO consumer_cursors (consumer, position, updated_at) VALUES (?, ?, 't')", (name, position)
+    )
+    return name
+
+
+async def _count(store: SqliteStore) -> int:
+    row = await store.read(lambda tx: tx.fetchone("SELECT count(*) AS n FROM consumer_cursors"))
+    assert row is not None
+    return int(row["n"])
+
+
+@pytest.fixture
+async def store(tmp_path: Path):  # type: ignore[no-untyped-def]
+    opened = await SqliteStore.open(tmp_path / "db.sqlite3")
+    yield opened
+    await opened.close()
+
+
+async def test_wal_full_sync_and_foreign_keys_are_on(tmp_path: Path, store: SqliteStore) -> None:
+    conn = sqlite3.connect(tmp_path / "db.sqlite3")
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    conn.close()
+
+    async def pragmas(tx: Tx) -> tuple[int, int]:
+        sync = await tx.fetchone("PRAGMA synchronous")
+        fks = await tx.fetchone("PRAGMA foreign_keys")
+        assert sync is not None and fks is not None
+        return int(next(iter(sync.values()))), int(next(iter(fks.values())))
+
+    assert await store.transaction(pragmas) == (2, 1)  # 2 = FULL
+    with pytest.raises(StoreError, match="FOREIGN KEY"):
+        await store.transaction(lambda tx: tx.execute(
+            "INSERT INTO api_keys (id, merchant_id, lookup, secret_hash, created_at) VALUES ('k', 'nobody', 'l', 'h', 't')"
+        ))
+
+
+async def test_concurrent_units_share_commits(store: SqliteStore) -> None:
+    names = await asyncio.gather(*(store.transaction(lambda tx, i=i: _put(tx, f"c{i}", i)) for i in range(2000)))
+    assert len(set(names)) == 2000
+    assert await _count(store) == 2000
+    assert store.stats.units == 2000
+    assert store.stats.commits < 2000 / 10  # many units per fsync
+
+
+async def test_a_failing_unit_rolls_back_alone(store: SqliteStore) -> None:
+    await store.transaction(lambda tx: _put(tx, "taken"))
+
+    async def half_then_fail(tx: Tx) -> None:
+        await _put(tx, "partial")
+        await _put(tx, "taken")  # unique violation after a successful insert
+
+    results = await asyncio.gather(
+        store.transaction(lambda tx: _put(tx, "a")),
+        store.transaction(half_then_fail),
+        store.transaction(lambda tx: _put(tx, "b")),
+        return_exceptions=True,
+    )
+    assert results[0] == "a" and results[2] == "b"
+    assert isinstance(results[1], UniqueViolation)
+    names = await store.read(lambda tx: tx.fetchall("SELECT consumer FROM consumer_cursors ORDER BY consumer"))
+    assert [r["consumer"] for r in names] == ["a", "b", "taken"]  # nothing of the failed unit, not even "partial"
+
+
+async def test_units_see_earlier_units_of_the_same_batch(store: SqliteStore) -> None:
+    async def reader(tx: Tx) -> int:
+        row = await tx.fetchone("SELECT position FROM consumer_cursors WHERE consumer = 'x'")
+        return -1 if row is None else int(row["position"])
+
+    first = store.transaction(lambda tx: _put(tx, "x", 41))
+    second = store.transaction(reader)
+    assert await asyncio.gather(first, second) == ["x", 41]
+
+
+async def test_after_commit_runs_only_for_committed_units(store: SqliteStore) -> None:
+    ran: list[str] = []
+
+    async def ok(tx: Tx) -> None:
+        tx.after_commit(lambda: ran.append("ok"))
+        await _put(tx, "ok")
+
+    async def bad(tx: Tx) -> None:
+        tx.after_commit(lambda: ran.append("bad"))
+        raise RuntimeError("boom")
+
+    listener_calls: list[int] = []
+    store.on_commit(lambda: listener_calls.append(1))
+    results = await asyncio.gather(store.transaction(ok), store.transaction(bad), return_exceptions=True)
+    assert isinstance(results[1], RuntimeError)
+    assert ran == ["ok"]
+    assert listener_calls
+
+
+async def test_reads_cannot_write(store: SqliteStore) -> None:
+    with pytest.raises(StoreError):
+        await store.read(lambda tx: _put(tx, "nope"))
+
+
+async def test_disk_full_fails_the_batch_keeps_old_data_and_recovers(tmp_path: Path) -> None:
+    store = await SqliteStore.open(tmp_path / "full.sqlite3")
+    try:
+        await store.transaction(lambda tx: _put(tx, "before"))
+        pages = await store.transaction(lambda tx: tx.fetchone("PRAGMA page_count"))
+        assert pages is not None
+        limit = int(next(iter(pages.values()))) + 1
+        await store.transaction(lambda tx: tx.fetchone(f"PRAGMA max_page_count = {limit}"))
+
+        async def big(tx: Tx) -> None:
+            for i in range(400):
+                await tx.execute("INSERT INTO consumer_cursors VALUES (?, ?, ?)", (f"big{i}", i, "x" * 2000))
+
+        with pytest.raises(StoreUnavailable):
+            await store.transaction(big)
+        assert await _count(store) == 1  # nothing half-written
+        await store.transaction(lambda tx: tx.fetchone("PRAGMA max_page_count = 1073741823"))
+        await store.transaction(big)  # space is back: service resumes without restart
+        assert await _count(store) == 401
+        check = await store.read(lambda tx: tx.fetchone("PRAGMA integrity_check"))
+        assert check is not None and next(iter(check.values())) == "ok"
+    finally:
+        await store.close()
+
+
+async def test_migrations_are_numbered_and_reapplying_is_a_no_op(tmp_path: Path) -> None:
+    versions = [m.version for m in load_migrations("sqlite")]
+    assert versions == list(range(1, len(versions) + 1))
+    for _ in range(2):
+        store = await SqliteStore.open(tmp_path / "m.sqlite3")
+        rows = await store.read(lambda tx: tx.fetchall("SELECT version FROM schema_migrations ORDER BY version"))
+        assert [r["version"] for r in rows] == versions
+        await store.close()
+
+
+async def test_closed_store_refuses_work(tmp_path: Path) -> None:
+    store = await SqliteStore.open(tmp_path / "c.sqlite3")
+    await store.close()
+    with pytest.raises(StoreUnavailable):
+        await store.transaction(lambda tx: _put(tx, "late"))
