@@ -68,31 +68,52 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
 
 
 def cli(env: dict[str, str], *args: str) -> str:
-    return subprocess.run([sys.executable, "-m", "sandbox.cli", *args], env=env, check=True,
-                          capture_output=True, text=True, cwd=ROOT).stdout
+    return subprocess.run(
+        [sys.executable, "-m", "sandbox.cli", *args],
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    ).stdout
 
 
 def start_gateway(workdir: Path) -> tuple[subprocess.Popen[bytes], int, str, dict[str, str]]:
     port = free_port()
-    env = {**os.environ, "CRYPTOCITY_STORE__PATH": str(workdir / "bench.sqlite3"),
-           "CRYPTOCITY_SERVER__PORT": str(port), "CRYPTOCITY_LOGGING__LEVEL": "warning",
-           "CRYPTOCITY_ADDRESSES__POOL_SIZE": "4096", "CRYPTOCITY_CONFIG": str(ROOT / "config.toml")}
+    env = {
+        **os.environ,
+        "CRYPTOCITY_STORE__PATH": str(workdir / "bench.sqlite3"),
+        "CRYPTOCITY_SERVER__PORT": str(port),
+        "CRYPTOCITY_LOGGING__LEVEL": "warning",
+        "CRYPTOCITY_ADDRESSES__POOL_SIZE": "4096",
+        "CRYPTOCITY_CONFIG": str(ROOT / "config.toml"),
+    }
     sys.path.insert(0, str(ROOT))
     from sandbox.demo import demo_account_keys
 
     btc, eth = demo_account_keys()
-    created = json.loads(cli(env, "merchants", "create", "--name", "Bench Canteen", "--btc-xpub", btc,
-                             "--eth-xpub", eth))
-    proc = subprocess.Popen([sys.executable, "-m", "sandbox.cli", "serve"], env=env, cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    created = json.loads(
+        cli(env, "merchants", "create", "--name", "Bench Canteen", "--btc-xpub", btc, "--eth-xpub", eth)
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sandbox.cli", "serve"],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     wait_for_port(port, proc)
     return proc, port, created["api_key"], env
 
 
 def start_bare(body_size: int) -> tuple[subprocess.Popen[bytes], int]:
     port = free_port()
-    proc = subprocess.Popen([sys.executable, str(ROOT / "bench" / "bare_server.py"), str(port), str(body_size)],
-                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "bench" / "bare_server.py"), str(port), str(body_size)],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     wait_for_port(port, proc)
     return proc, port
 
@@ -134,8 +155,20 @@ def run_wrk(port: int, key: str, seconds: float, connections: int, tag: str) -> 
         script.write(WRK_SCRIPT % {"body": json.dumps(PAYLOAD), "key": key, "run": tag})
     try:
         out = subprocess.run(
-            ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", script.name,
-             f"http://127.0.0.1:{port}/v1/invoices"], capture_output=True, text=True, check=True, timeout=seconds + 60,
+            [
+                "wrk",
+                "-t2",
+                f"-c{connections}",
+                f"-d{seconds}s",
+                "--latency",
+                "-s",
+                script.name,
+                f"http://127.0.0.1:{port}/v1/invoices",
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=seconds + 60,
         ).stdout
     finally:
         os.unlink(script.name)
@@ -162,8 +195,11 @@ async def _python_client(port: int, key: str, seconds: float, connections: int, 
         i = 0
         while time.perf_counter() < deadline:
             i += 1
-            headers = {"Content-Type": "application/json", "Authorization": f"Bearer {key}",
-                       "Idempotency-Key": f"p-{tag}-{n}-{i}"}
+            headers = {
+                "Content-Type": "application/json",
+                "Authorization": f"Bearer {key}",
+                "Idempotency-Key": f"p-{tag}-{n}-{i}",
+            }
             started = time.perf_counter()
             async with session.post(url, data=body, headers=headers) as response:
                 await response.read()
@@ -176,16 +212,20 @@ async def _python_client(port: int, key: str, seconds: float, connections: int, 
         await asyncio.gather(*(worker(n, session) for n in range(connections)))
     elapsed = time.perf_counter() - started
     latencies.sort()
-    return {"requests": len(latencies), "seconds": elapsed, "rps": len(latencies) / elapsed, "errors": errors,
-            "p50_ms": 1000 * statistics.median(latencies) if latencies else 0.0,
-            "p99_ms": 1000 * latencies[int(len(latencies) * 0.99) - 1] if latencies else 0.0}
+    return {
+        "requests": len(latencies),
+        "seconds": elapsed,
+        "rps": len(latencies) / elapsed,
+        "errors": errors,
+        "p50_ms": 1000 * statistics.median(latencies) if latencies else 0.0,
+        "p99_ms": 1000 * latencies[int(len(latencies) * 0.99) - 1] if latencies else 0.0,
+    }
 
 
 def load(port: int, key: str, seconds: float, connections: int, tag: str) -> dict[str, Any]:
     if shutil.which("wrk"):
         return {"client": "wrk", **run_wrk(port, key, seconds, connections, tag)}
-    return {"client": "python-aiohttp",
-            **asyncio.run(_python_client(port, key, seconds, connections, tag))}
+    return {"client": "python-aiohttp", **asyncio.run(_python_client(port, key, seconds, connections, tag))}
 
 
 def process_cpu_seconds(pid: int) -> float:
@@ -194,7 +234,9 @@ def process_cpu_seconds(pid: int) -> float:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--quick", action="store_true", help="short CI run: fail only on errors")
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--connections", type=int, default=64)
@@ -209,9 +251,12 @@ def main() -> int:
         try:
             import urllib.request
 
-            request = urllib.request.Request(  # noqa: S310 - loopback only
-                f"http://127.0.0.1:{gw_port}/v1/invoices", data=json.dumps(PAYLOAD).encode(), method="POST",
-                headers={"Content-Type": "application/json", "Authorization": f"Bearer {key}"})
+            request = urllib.request.Request(
+                f"http://127.0.0.1:{gw_port}/v1/invoices",
+                data=json.dumps(PAYLOAD).encode(),
+                method="POST",
+                headers={"Content-Type": "application/json", "Authorization": f"Bearer {key}"},
+            )
             with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
                 sample = response.read()
             bare, bare_port = start_bare(len(sample))
@@ -230,15 +275,23 @@ def main() -> int:
                 stop(bare)
     ratio = results["durable"]["rps"] / results["bare"]["rps"] if results["bare"]["rps"] else 0.0
     report = {
-        "benchmark": "api_create", "quick": args.quick, "connections": connections, "seconds": seconds,
-        "cpus": os.cpu_count(), "ratio_durable_to_bare": round(ratio, 3), "target_ratio": 0.5,
-        "target_met": ratio >= 0.5, **results,
+        "benchmark": "api_create",
+        "quick": args.quick,
+        "connections": connections,
+        "seconds": seconds,
+        "cpus": os.cpu_count(),
+        "ratio_durable_to_bare": round(ratio, 3),
+        "target_ratio": 0.5,
+        "target_met": ratio >= 0.5,
+        **results,
     }
     print(f"{'server':<10}{'client':<16}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'errors':>8}{'cpu s':>8}")
     for name in ("bare", "durable"):
         r = results[name]
-        print(f"{name:<10}{r['client']:<16}{r['rps']:>10.0f}{r['p50_ms']:>10.2f}{r['p99_ms']:>10.2f}"
-              f"{r['errors']:>8}{r['server_cpu_seconds']:>8.1f}")
+        print(
+            f"{name:<10}{r['client']:<16}{r['rps']:>10.0f}{r['p50_ms']:>10.2f}{r['p99_ms']:>10.2f}"
+            f"{r['errors']:>8}{r['server_cpu_seconds']:>8.1f}"
+        )
     print(f"durable / bare throughput: {ratio:.2f}x (target >= 0.5x: {'met' if ratio >= 0.5 else 'MISSED'})")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")

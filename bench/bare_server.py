@@ -12,7 +12,7 @@ from aiohttp import web
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from gateway.api.models import CreateInvoiceRequest  # noqa: E402
+from gateway.api.models import CreateInvoiceRequest
 
 
 def make_app(body_size: int) -> web.Application:
@@ -28,5 +28,6 @@ def make_app(body_size: int) -> web.Application:
 
 
 if __name__ == "__main__":
-    web.run_app(make_app(int(sys.argv[2])), host="127.0.0.1", port=int(sys.argv[1]), access_log=None,
-                print=None)
+    web.run_app(
+        make_app(int(sys.argv[2])), host="127.0.0.1", port=int(sys.argv[1]), access_log=None, print=None
+    )

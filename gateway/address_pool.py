@@ -72,7 +72,9 @@ class AddressPool:
         self._wanted[key] = max(self._wanted.get(key, 0), next_index)
         if self._refill_task is None or self._refill_task.done():
             with contextlib.suppress(RuntimeError):  # no running loop (CLI use): derive on demand only
-                self._refill_task = asyncio.get_running_loop().create_task(self._refill(), name="address-pool")
+                self._refill_task = asyncio.get_running_loop().create_task(
+                    self._refill(), name="address-pool"
+                )
 
     def prime(self, chain: Chain, account_key: str, next_index: int) -> None:
         """Ask for addresses from ``next_index`` on (at start-up, for each key in use)."""

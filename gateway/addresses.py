@@ -100,8 +100,13 @@ _B58_ALPHABET: Final = frozenset("123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmn
 _EXTENDED_KEY_BYTES: Final = 78
 _EXTENDED_KEY_CHARS: Final = 111  # base58check of 78 bytes with a 0x02/0x04 version
 _ACCOUNT_DEPTH: Final = 3
-_DEPTH_NAMES: Final = {0: "a master (root) key", 1: "a purpose-level key", 2: "a coin-level key",
-                       4: "a chain-level key such as …/0", 5: "a single address's key"}
+_DEPTH_NAMES: Final = {
+    0: "a master (root) key",
+    1: "a purpose-level key",
+    2: "a coin-level key",
+    4: "a chain-level key such as …/0",
+    5: "a single address's key",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,8 +123,9 @@ class _Purpose:
         return self.path_test if testnet else self.path_main
 
 
-_BIP84: Final = _Purpose(frozenset({"xpub", "tpub", "zpub", "vpub"}), "m/84'/0'/0'", "m/84'/1'/0'",
-                         "xpub/zpub", "tpub/vpub")
+_BIP84: Final = _Purpose(
+    frozenset({"xpub", "tpub", "zpub", "vpub"}), "m/84'/0'/0'", "m/84'/1'/0'", "xpub/zpub", "tpub/vpub"
+)
 _BIP44_ETH: Final = _Purpose(frozenset({"xpub", "tpub"}), "m/44'/60'/0'", "m/44'/60'/0'", "xpub", "tpub")
 
 
@@ -392,9 +398,7 @@ def checksum_eth_address(text: str) -> str:
     digits = text[2:]
     checksummed = _eip55(digits.lower())
     if digits != digits.lower() and digits != digits.upper() and checksummed != text:
-        raise AddressError(
-            f"{text!r} has a bad EIP-55 checksum (a mistyped character?); check the address"
-        )
+        raise AddressError(f"{text!r} has a bad EIP-55 checksum (a mistyped character?); check the address")
     return checksummed
 
 

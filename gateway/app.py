@@ -88,7 +88,9 @@ def _services_ctx(rates: RateSource | None) -> Any:
         cfg = app[CONFIG]
         store, clock = app[STORE], app[CLOCK]
         registry = MerchantRegistry(
-            store, clock, key_environment=cfg.merchants.api_key_environment,
+            store,
+            clock,
+            key_environment=cfg.merchants.api_key_environment,
             auth_cache_seconds=cfg.merchants.auth_cache_seconds,
         )
         pool = AddressPool(btc_hrp=cfg.bitcoin.bech32_hrp, pool_size=cfg.addresses.pool_size)
@@ -97,15 +99,24 @@ def _services_ctx(rates: RateSource | None) -> Any:
         async def merchant_terms(merchant_id: str) -> MerchantTerms:
             merchant = await registry.get_cached(merchant_id)
             return MerchantTerms(
-                id=merchant.id, name=merchant.name, active=merchant.active,
-                accepted_assets=merchant.accepted_assets, btc_account_key=merchant.btc_account_key,
-                eth_account_key=merchant.eth_account_key, default_expiry_seconds=merchant.default_expiry_seconds,
+                id=merchant.id,
+                name=merchant.name,
+                active=merchant.active,
+                accepted_assets=merchant.accepted_assets,
+                btc_account_key=merchant.btc_account_key,
+                eth_account_key=merchant.eth_account_key,
+                default_expiry_seconds=merchant.default_expiry_seconds,
             )
 
         app[REGISTRY] = registry
         app[ADDRESSES] = pool
         app[SERVICE] = InvoiceService(
-            store=store, clock=clock, config=cfg, rates=source, addresses=pool, extensions=app[EXTENSIONS],
+            store=store,
+            clock=clock,
+            config=cfg,
+            rates=source,
+            addresses=pool,
+            extensions=app[EXTENSIONS],
             merchant_terms=merchant_terms,
         )
         await _prime_address_pool(store, pool)
@@ -116,7 +127,9 @@ def _services_ctx(rates: RateSource | None) -> Any:
 
 
 async def _prime_address_pool(store: Store, pool: AddressPool) -> None:
-    rows = await store.read(lambda tx: tx.fetchall("SELECT chain, account_key, next_index FROM address_counters"))
+    rows = await store.read(
+        lambda tx: tx.fetchall("SELECT chain, account_key, next_index FROM address_counters")
+    )
     for row in rows:
         pool.prime(Chain(row["chain"]), row["account_key"], int(row["next_index"]))
 

@@ -37,7 +37,7 @@ def _kzt_to_tiyn(value: str) -> int:
     try:
         return parse_decimal_amount(value, KZT_DECIMALS)
     except AmountError as exc:
-        raise ValueError(f"expected a KZT amount such as \"1000.00\": {exc}") from None
+        raise ValueError(f'expected a KZT amount such as "1000.00": {exc}') from None
 
 
 class ServerConfig(_Section):
@@ -95,7 +95,9 @@ class InvoicesConfig(_Section):
         if _kzt_to_tiyn(self.min_amount_kzt) > _kzt_to_tiyn(self.max_amount_kzt):
             raise ValueError("min_amount_kzt must not exceed max_amount_kzt")
         if not self.min_expiry_seconds <= self.default_expiry_seconds <= self.max_expiry_seconds:
-            raise ValueError("default_expiry_seconds must lie between min_expiry_seconds and max_expiry_seconds")
+            raise ValueError(
+                "default_expiry_seconds must lie between min_expiry_seconds and max_expiry_seconds"
+            )
         return self
 
     @property
@@ -124,7 +126,7 @@ class BitcoinConfig(_Section):
     @classmethod
     def _valid_hrp(cls, value: str) -> str:
         if value and not (value.isascii() and value.isalnum() and value.islower() and len(value) <= 10):
-            raise ValueError("expected a lower-case bech32 human-readable part such as \"tb\", \"bcrt\" or \"rb\"")
+            raise ValueError('expected a lower-case bech32 human-readable part such as "tb", "bcrt" or "rb"')
         return value
 
     @model_validator(mode="after")
@@ -142,8 +144,8 @@ class EthereumConfig(_Section):
     chain_id: Annotated[int, Field(ge=1)] = 31337
     mainnet_chain_ids: list[int] = Field(default_factory=lambda: [1])
     allow_mainnet: bool = False
-    token_address: str = "0x5FbDB2315678afecb367f032d93F642f64180aa3"
-    token_symbol: str = "tUSDT"
+    token_address: str = "0x5FbDB2315678afecb367f032d93F642f64180aa3"  # noqa: S105 - a contract address
+    token_symbol: str = "tUSDT"  # noqa: S105 - a ticker symbol
     token_decimals: Annotated[int, Field(ge=0, le=36)] = 6
 
     @model_validator(mode="after")

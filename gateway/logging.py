@@ -25,7 +25,9 @@ def _mask(value: str) -> str:
     return _SECRET_SHAPES.sub(lambda m: m.group(0)[:8] + "…[redacted]", value)
 
 
-def redact_secrets(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+def redact_secrets(
+    _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
     for key, value in list(event_dict.items()):
         if isinstance(value, str):
             event_dict[key] = _mask(value)
@@ -35,7 +37,9 @@ def redact_secrets(_logger: Any, _method: str, event_dict: MutableMapping[str, A
 def configure_logging(level: str = "info", fmt: str = "json", stream: TextIO | None = None) -> None:
     out = stream or sys.stderr
     renderer: Any = (
-        structlog.processors.JSONRenderer() if fmt == "json" else structlog.dev.ConsoleRenderer(colors=out.isatty())
+        structlog.processors.JSONRenderer()
+        if fmt == "json"
+        else structlog.dev.ConsoleRenderer(colors=out.isatty())
     )
     structlog.configure(
         processors=[

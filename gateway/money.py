@@ -64,9 +64,9 @@ def parse_decimal_amount(text: str, decimals: int) -> int:
     amount that would need rounding is an input error, not something to guess about.
     """
     if not isinstance(text, str):
-        raise AmountError("must be a decimal string such as \"12500.00\"")
+        raise AmountError('must be a decimal string such as "12500.00"')
     if not _DECIMAL_STRING.match(text):
-        raise AmountError(f"{text!r} is not a plain decimal number such as \"12500.00\"")
+        raise AmountError(f'{text!r} is not a plain decimal number such as "12500.00"')
     whole, _, frac = text.partition(".")
     if len(frac) > decimals:
         raise AmountError(f"{text!r} has more than {decimals} decimal places")

@@ -398,9 +398,7 @@ def parse_eip681(uri: str) -> Eip681Native | Eip681TokenTransfer:
     if not slash:
         unknown = params.keys() - _ETH_GAS_KEYS - {"value"}
         if unknown:
-            raise PaymentUriError(
-                f"unexpected parameter {sorted(unknown)[0]!r} in an ether payment request"
-            )
+            raise PaymentUriError(f"unexpected parameter {sorted(unknown)[0]!r} in an ether payment request")
         if "value" not in params:
             raise PaymentUriError("no value= parameter: the request does not say how much to pay")
         value = _parse_number(params["value"], "value")

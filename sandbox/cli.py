@@ -36,7 +36,9 @@ def _version() -> str:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cryptocity", description="CryptoCity payment gateway and sandbox")
-    parser.add_argument("--config", type=Path, help="config file (default: $CRYPTOCITY_CONFIG or ./config.toml)")
+    parser.add_argument(
+        "--config", type=Path, help="config file (default: $CRYPTOCITY_CONFIG or ./config.toml)"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="run the gateway HTTP server")
@@ -56,8 +58,11 @@ def _parser() -> argparse.ArgumentParser:
     create.add_argument("--assets", default="", help="comma-separated, default: every asset the keys allow")
     create.add_argument("--default-expiry", type=int, help="default invoice expiry in seconds")
     msub.add_parser("list", help="list merchants")
-    for name, text in (("add-key", "issue an extra API key"), ("rotate-key", "issue a new key, revoke the others"),
-                       ("disable", "disable a merchant (its keys stop working)")):
+    for name, text in (
+        ("add-key", "issue an extra API key"),
+        ("rotate-key", "issue a new key, revoke the others"),
+        ("disable", "disable a merchant (its keys stop working)"),
+    ):
         action = msub.add_parser(name, help=text)
         action.add_argument("merchant_id")
     revoke = msub.add_parser("revoke-key", help="revoke one API key by its lookup part")
@@ -74,9 +79,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = load_config(args.config or default_config_path())
         if args.command == "serve" and (args.host or args.port is not None):
-            server = config.server.model_copy(update={
-                k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None
-            })
+            server = config.server.model_copy(
+                update={k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
+            )
             config = Config.model_validate({**config.model_dump(), "server": server.model_dump()})
     except ConfigError as exc:
         print(exc, file=sys.stderr)
@@ -105,8 +110,9 @@ async def _migrate(config: Config) -> int:
 async def _with_registry(config: Config) -> tuple[MerchantRegistry, SqliteStore]:
     store = await open_store(config.store)
     assert isinstance(store, SqliteStore)
-    registry = MerchantRegistry(store, SystemClock(), key_environment=config.merchants.api_key_environment,
-                                auth_cache_seconds=0)
+    registry = MerchantRegistry(
+        store, SystemClock(), key_environment=config.merchants.api_key_environment, auth_cache_seconds=0
+    )
     return registry, store
 
 
@@ -126,17 +132,21 @@ async def _merchants(config: Config, args: argparse.Namespace) -> int:
                 print(f"--assets: {exc}", file=sys.stderr)
                 return 2
             merchant, key = await registry.create(
-                args.name, btc_account_key=args.btc_xpub, eth_account_key=args.eth_xpub,
-                accepted_assets=assets, default_expiry_seconds=args.default_expiry,
+                args.name,
+                btc_account_key=args.btc_xpub,
+                eth_account_key=args.eth_xpub,
+                accepted_assets=assets,
+                default_expiry_seconds=args.default_expiry,
             )
             print(json.dumps({"merchant": merchant.public_view(), "api_key": key.plaintext}, indent=2))
             print("Store the API key now: it is shown only once.", file=sys.stderr)
         elif args.action == "list":
-            for merchant in await registry.list():
+            for merchant in await registry.list_all():
                 keys = await registry.list_keys(merchant.id)
                 view = merchant.public_view()
-                view["keys"] = [{"lookup": k.lookup, "label": k.label, "revoked": k.revoked_at is not None}
-                                for k in keys]
+                view["keys"] = [
+                    {"lookup": k.lookup, "label": k.label, "revoked": k.revoked_at is not None} for k in keys
+                ]
                 print(json.dumps(view))
         elif args.action in ("add-key", "rotate-key"):
             change = registry.add_key if args.action == "add-key" else registry.rotate_key
@@ -163,12 +173,16 @@ async def _demo_merchant(config: Config) -> str:
     """Reuse (or create) the demo merchant and return a fresh API key for it."""
     registry, store = await _with_registry(config)
     try:
-        existing = [m for m in await registry.list() if m.name == DEMO_MERCHANT_NAME and m.active]
+        existing = [m for m in await registry.list_all() if m.name == DEMO_MERCHANT_NAME and m.active]
         if existing:
             return (await registry.add_key(existing[0].id, label="demo")).plaintext
         btc, eth = demo_account_keys()
-        _, key = await registry.create(DEMO_MERCHANT_NAME, btc_account_key=btc, eth_account_key=eth,
-                                       accepted_assets=[Asset.BTC, Asset.ETH, Asset.USDT])
+        _, key = await registry.create(
+            DEMO_MERCHANT_NAME,
+            btc_account_key=btc,
+            eth_account_key=eth,
+            accepted_assets=[Asset.BTC, Asset.ETH, Asset.USDT],
+        )
         return key.plaintext
     finally:
         await store.close()
@@ -197,7 +211,8 @@ async def _serve(config: Config, *, demo: bool) -> int:
 
 
 def _print_demo(base: str, key: str) -> None:
-    print(f"""
+    print(
+        f"""
 Demo merchant ready. Its API key (shown once): {key}
 
 Create an invoice:
@@ -211,7 +226,9 @@ Then look at it, list invoices, get a QR code:
   curl -s {base}/v1/invoices/<id>/qr/BTC.png -H 'Authorization: Bearer {key}' -o btc.png
 
 API description: {base}/openapi.json    Health: {base}/healthz    Stop with Ctrl-C.
-""", flush=True)
+""",
+        flush=True,
+    )
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,9 +24,7 @@ from gateway.store import Store
 from sandbox.demo import demo_account_keys
 
 # A second, unrelated key pair (BIP84 test vector mnemonic "abandon … about"), for a second merchant.
-OTHER_BTC_VPUB = (
-    "vpub5Y6cjg78GGuNLsaPhmYsiw4gYX3HoQiRBiSwDaBXKUafCt9bNwWQiitDk5VZ5BVxYnQdwoTyXSs2JHRPAgjAvtbBrf8ZhDYe2jWAqvZVnsc"
-)
+OTHER_BTC_VPUB = "vpub5Y6cjg78GGuNLsaPhmYsiw4gYX3HoQiRBiSwDaBXKUafCt9bNwWQiitDk5VZ5BVxYnQdwoTyXSs2JHRPAgjAvtbBrf8ZhDYe2jWAqvZVnsc"
 
 
 def make_config(tmp_path: Path, **env: str) -> Config:
@@ -70,7 +68,9 @@ class Gateway:
     def auth(self, key: str | None = None) -> dict[str, str]:
         return {"Authorization": f"Bearer {key or self.api_key}"}
 
-    async def create_invoice(self, amount: str = "12500.00", key: str | None = None, **fields: Any) -> dict[str, Any]:
+    async def create_invoice(
+        self, amount: str = "12500.00", key: str | None = None, **fields: Any
+    ) -> dict[str, Any]:
         response = await self.client.post(
             "/v1/invoices", json={"amount": amount, "currency": "KZT", **fields}, headers=self.auth(key)
         )
@@ -85,7 +85,7 @@ GatewayFactory = Callable[..., Awaitable[Gateway]]
 @pytest.fixture
 async def make_gateway(
     aiohttp_client: Any, tmp_path: Path, clock: ManualClock
-) -> AsyncIterator[GatewayFactory]:
+) -> GatewayFactory:
     async def factory(
         extensions: Extensions | None = None, rates: RateSource | None = None, **env: str
     ) -> Gateway:
@@ -95,7 +95,9 @@ async def make_gateway(
         registry = app[REGISTRY]
         btc, eth = demo_account_keys()
         merchant, key = await registry.create(
-            "Alatau Coffee", btc_account_key=btc, eth_account_key=eth,
+            "Alatau Coffee",
+            btc_account_key=btc,
+            eth_account_key=eth,
             accepted_assets=[Asset.BTC, Asset.ETH, Asset.USDT],
         )
         other, other_key = await registry.create(
@@ -103,7 +105,7 @@ async def make_gateway(
         )
         return Gateway(client, app, clock, merchant.id, key.plaintext, other.id, other_key.plaintext)
 
-    yield factory
+    return factory
 
 
 @pytest.fixture

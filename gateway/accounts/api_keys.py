@@ -18,7 +18,7 @@ from gateway.ids import random_base32
 
 LOOKUP_CHARS = 12
 SECRET_CHARS = 26
-_KEY = re.compile(r"^cc_(test|live)_([0-9a-z]{%d})([0-9a-z]{%d})$" % (LOOKUP_CHARS, SECRET_CHARS))
+_KEY = re.compile(rf"^cc_(test|live)_([0-9a-z]{{{LOOKUP_CHARS}}})([0-9a-z]{{{SECRET_CHARS}}})$")
 
 
 @dataclass(frozen=True, slots=True)

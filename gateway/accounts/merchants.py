@@ -112,14 +112,20 @@ def validate_merchant_keys(
     for asset in assets:
         chain = ASSETS[asset].chain
         if chain is Chain.BITCOIN and btc is None:
-            raise MerchantError("btc_account_key", f"{asset.value} is accepted but no BTC account key was given")
+            raise MerchantError(
+                "btc_account_key", f"{asset.value} is accepted but no BTC account key was given"
+            )
         if chain is Chain.ETHEREUM and eth is None:
-            raise MerchantError("eth_account_key", f"{asset.value} is accepted but no ETH account key was given")
+            raise MerchantError(
+                "eth_account_key", f"{asset.value} is accepted but no ETH account key was given"
+            )
     return btc, eth
 
 
 class MerchantRegistry:
-    def __init__(self, store: Store, clock: Clock, *, key_environment: str, auth_cache_seconds: float) -> None:
+    def __init__(
+        self, store: Store, clock: Clock, *, key_environment: str, auth_cache_seconds: float
+    ) -> None:
         self._store = store
         self._clock = clock
         self._env = key_environment
@@ -201,7 +207,9 @@ class MerchantRegistry:
         return key_id
 
     async def get(self, merchant_id: str) -> Merchant:
-        row = await self._store.read(lambda tx: tx.fetchone("SELECT * FROM merchants WHERE id = ?", (merchant_id,)))
+        row = await self._store.read(
+            lambda tx: tx.fetchone("SELECT * FROM merchants WHERE id = ?", (merchant_id,))
+        )
         if row is None:
             raise MerchantNotFound(merchant_id)
         return merchant_from_row(row)
@@ -216,8 +224,10 @@ class MerchantRegistry:
             self._merchant_cache[merchant_id] = (merchant, time.monotonic() + self._merchant_ttl)
         return merchant
 
-    async def list(self) -> list[Merchant]:
-        rows = await self._store.read(lambda tx: tx.fetchall("SELECT * FROM merchants ORDER BY created_at, id"))
+    async def list_all(self) -> list[Merchant]:
+        rows = await self._store.read(
+            lambda tx: tx.fetchall("SELECT * FROM merchants ORDER BY created_at, id")
+        )
         return [merchant_from_row(row) for row in rows]
 
     async def list_keys(self, merchant_id: str) -> list[ApiKeyInfo]:
@@ -275,7 +285,11 @@ class MerchantRegistry:
             if not changed:
                 raise MerchantNotFound(f"no active key {lookup} for merchant {merchant_id}")
             await append_event(
-                tx, event_type="merchant.key_revoked", now=now, merchant_id=merchant_id, data={"lookup": lookup}
+                tx,
+                event_type="merchant.key_revoked",
+                now=now,
+                merchant_id=merchant_id,
+                data={"lookup": lookup},
             )
             tx.after_commit(self.auth_cache.invalidate_all)
 
@@ -286,7 +300,8 @@ class MerchantRegistry:
 
         async def unit(tx: Tx) -> None:
             changed = await tx.execute(
-                "UPDATE merchants SET status = 'disabled', updated_at = ? WHERE id = ?", (isoformat(now), merchant_id)
+                "UPDATE merchants SET status = 'disabled', updated_at = ? WHERE id = ?",
+                (isoformat(now), merchant_id),
             )
             if not changed:
                 raise MerchantNotFound(merchant_id)

@@ -35,8 +35,9 @@ _STATUSES = ("new", "processing", "settled", "expired", "cancelled", "reversed")
 
 
 def _json(body: Any, status: int = 200) -> web.Response:
-    return web.Response(status=status, body=json.dumps(body, separators=(",", ":")).encode(),
-                        content_type="application/json")
+    return web.Response(
+        status=status, body=json.dumps(body, separators=(",", ":")).encode(), content_type="application/json"
+    )
 
 
 def _not_found(invoice_id: str) -> Problem:
@@ -56,7 +57,9 @@ def _idempotency_key(request: web.Request) -> str | None:
     if key is None:
         return None
     if not 1 <= len(key) <= 255 or not key.isprintable():
-        raise Problem(400, "Bad request", "Idempotency-Key must be 1 to 255 printable characters", "bad-idempotency-key")
+        raise Problem(
+            400, "Bad request", "Idempotency-Key must be 1 to 255 printable characters", "bad-idempotency-key"
+        )
     return key
 
 
@@ -71,8 +74,13 @@ async def create_invoice(request: web.Request) -> web.Response:
             merchant_id, body, idempotency_key=key, fingerprint=request_fingerprint("POST", request.path, raw)
         )
     except InvalidInvoiceRequest as exc:
-        raise Problem(422, "Invalid request", f"{exc.pointer}: {exc.detail}", "validation-error",
-                      (FieldError(exc.pointer, exc.detail),)) from None
+        raise Problem(
+            422,
+            "Invalid request",
+            f"{exc.pointer}: {exc.detail}",
+            "validation-error",
+            (FieldError(exc.pointer, exc.detail),),
+        ) from None
     except IdempotencyConflict as exc:
         raise Problem(409, "Idempotency key reused", str(exc), "idempotency-conflict") from None
     except InvoiceRefused as exc:
@@ -80,13 +88,20 @@ async def create_invoice(request: web.Request) -> web.Response:
     except MerchantUnavailable as exc:
         raise Problem(403, "Forbidden", str(exc), "merchant-unavailable") from None
     except RatesUnavailable as exc:
-        raise Problem(503, "Rates unavailable", f"{exc}; invoices cannot be priced right now, retry shortly",
-                      "rates-unavailable", headers={"Retry-After": str(exc.retry_after_seconds)}) from None
+        raise Problem(
+            503,
+            "Rates unavailable",
+            f"{exc}; invoices cannot be priced right now, retry shortly",
+            "rates-unavailable",
+            headers={"Retry-After": str(exc.retry_after_seconds)},
+        ) from None
     structlog.contextvars.bind_contextvars(invoice_id=result.invoice_id)
     headers = {"Location": f"/v1/invoices/{result.invoice_id}"}
     if result.replayed:
         headers["Idempotent-Replayed"] = "true"
-    return web.Response(status=result.status, body=result.body, content_type="application/json", headers=headers)
+    return web.Response(
+        status=result.status, body=result.body, content_type="application/json", headers=headers
+    )
 
 
 @routes.get("/v1/invoices")
@@ -95,22 +110,42 @@ async def list_invoices(request: web.Request) -> web.Response:
     limit = query_int(request, "limit", 20, 1, 100)
     status = request.query.get("status")
     if status is not None and status not in _STATUSES:
-        raise Problem(400, "Bad request", f"status must be one of {', '.join(_STATUSES)}", "bad-query",
-                      (FieldError("?status", f"unknown status {status!r}"),))
+        raise Problem(
+            400,
+            "Bad request",
+            f"status must be one of {', '.join(_STATUSES)}",
+            "bad-query",
+            (FieldError("?status", f"unknown status {status!r}"),),
+        )
     created = {name: _query_time(request, name) for name in ("created_gte", "created_lt")}
     starting_after = request.query.get("starting_after")
     service = request.app[SERVICE]
     try:
-        records, has_more = await service.list(
-            merchant_id, limit=limit, starting_after=starting_after, status=status,
-            order_id=request.query.get("order_id"), **created,
+        records, has_more = await service.list_invoices(
+            merchant_id,
+            limit=limit,
+            starting_after=starting_after,
+            status=status,
+            order_id=request.query.get("order_id"),
+            **created,
         )
     except InvalidInvoiceRequest as exc:
-        raise Problem(400, "Bad request", f"{exc.pointer}: {exc.detail}", "bad-query",
-                      (FieldError(f"?{exc.pointer}", exc.detail),)) from None
+        raise Problem(
+            400,
+            "Bad request",
+            f"{exc.pointer}: {exc.detail}",
+            "bad-query",
+            (FieldError(f"?{exc.pointer}", exc.detail),),
+        ) from None
     data = [service.resource(r) for r in records]
-    return _json({"object": "list", "data": data, "has_more": has_more,
-                  "next_starting_after": data[-1]["id"] if has_more and data else None})
+    return _json(
+        {
+            "object": "list",
+            "data": data,
+            "has_more": has_more,
+            "next_starting_after": data[-1]["id"] if has_more and data else None,
+        }
+    )
 
 
 def _query_time(request: web.Request, name: str) -> str | None:
@@ -122,8 +157,13 @@ def _query_time(request: web.Request, name: str) -> str | None:
     except ValueError:
         moment = None
     if moment is None or moment.tzinfo is None:
-        raise Problem(400, "Bad request", f"{name} must be an RFC 3339 time with a zone, e.g. 2026-11-23T00:00:00Z",
-                      "bad-query", (FieldError(f"?{name}", f"not a time with a zone: {raw!r}"),))
+        raise Problem(
+            400,
+            "Bad request",
+            f"{name} must be an RFC 3339 time with a zone, e.g. 2026-11-23T00:00:00Z",
+            "bad-query",
+            (FieldError(f"?{name}", f"not a time with a zone: {raw!r}"),),
+        )
     return isoformat(moment)
 
 
@@ -147,8 +187,12 @@ async def _transition(request: web.Request, action: str) -> web.Response:
     except InvoiceNotFound:
         raise _not_found(invoice_id) from None
     except TransitionRefused as exc:
-        raise Problem(409, "Conflict", f"cannot {action.replace('_', ' ')} this invoice now: {exc}",
-                      "invalid-transition") from None
+        raise Problem(
+            409,
+            "Conflict",
+            f"cannot {action.replace('_', ' ')} this invoice now: {exc}",
+            "invalid-transition",
+        ) from None
     return _json(service.resource(record))
 
 
@@ -177,8 +221,12 @@ async def payment_qr(request: web.Request) -> web.Response:
     invoice_id = _invoice_id(request)
     asset_code, _, fmt = request.match_info["filename"].partition(".")
     if fmt not in ("png", "svg") or asset_code not in Asset.__members__:
-        raise Problem(404, "Not found", "QR codes are at /qr/<ASSET>.png or /qr/<ASSET>.svg, e.g. /qr/BTC.png",
-                      "qr-not-found")
+        raise Problem(
+            404,
+            "Not found",
+            "QR codes are at /qr/<ASSET>.png or /qr/<ASSET>.svg, e.g. /qr/BTC.png",
+            "qr-not-found",
+        )
     service = request.app[SERVICE]
     try:
         record = await service.get(request[MERCHANT_ID], invoice_id)
@@ -186,7 +234,9 @@ async def payment_qr(request: web.Request) -> web.Response:
         raise _not_found(invoice_id) from None
     method = next((m for m in record.methods if m.asset.value == asset_code), None)
     if method is None:
-        raise Problem(404, "Not found", f"invoice {invoice_id} cannot be paid in {asset_code}", "qr-not-found")
+        raise Problem(
+            404, "Not found", f"invoice {invoice_id} cannot be paid in {asset_code}", "qr-not-found"
+        )
     headers = {"Cache-Control": "private, max-age=3600"}
     if fmt == "png":
         return web.Response(body=qr_png_cached(method.uri), content_type="image/png", headers=headers)

@@ -27,8 +27,13 @@ async def request_context_middleware(request: web.Request, handler: Handler) -> 
     response = await handler(request)
     response.headers["X-Request-Id"] = request_id
     if request.app[CONFIG].logging.access_log:
-        log.info("http.request", method=request.method, path=request.path, status=response.status,
-                 ms=round((time.perf_counter() - started) * 1000, 2))
+        log.info(
+            "http.request",
+            method=request.method,
+            path=request.path,
+            status=response.status,
+            ms=round((time.perf_counter() - started) * 1000, 2),
+        )
     return response
 
 
@@ -52,7 +57,9 @@ async def merchant_auth_middleware(request: web.Request, handler: Handler) -> we
         raise _unauthorized("the Authorization header must be 'Bearer <api key>'", "invalid_request")
     merchant_id = await request.app[REGISTRY].authenticate(token.strip())
     if merchant_id is None:
-        raise _unauthorized("the API key is unknown, revoked, or belongs to a disabled merchant", "invalid_token")
+        raise _unauthorized(
+            "the API key is unknown, revoked, or belongs to a disabled merchant", "invalid_token"
+        )
     request[MERCHANT_ID] = merchant_id
     structlog.contextvars.bind_contextvars(merchant_id=merchant_id)
     return await handler(request)

@@ -22,7 +22,7 @@ class CreateInvoiceRequest(_Strict):
     """Body of ``POST /v1/invoices``."""
 
     amount: StrictStr = Field(
-        description="Price in KZT as a decimal string with at most 2 decimals, e.g. \"12500.00\".",
+        description='Price in KZT as a decimal string with at most 2 decimals, e.g. "12500.00".',
         examples=["12500.00"],
         max_length=32,
     )

@@ -30,7 +30,10 @@ def _ref(name: str) -> dict[str, str]:
 
 
 def _problem(description: str) -> dict[str, Any]:
-    return {"description": description, "content": {"application/problem+json": {"schema": _ref("ProblemOut")}}}
+    return {
+        "description": description,
+        "content": {"application/problem+json": {"schema": _ref("ProblemOut")}},
+    }
 
 
 def _ok(name: str, description: str = "OK") -> dict[str, Any]:
@@ -38,7 +41,9 @@ def _ok(name: str, description: str = "OK") -> dict[str, Any]:
 
 
 _INVOICE_ID = {
-    "name": "invoice_id", "in": "path", "required": True,
+    "name": "invoice_id",
+    "in": "path",
+    "required": True,
     "schema": {"type": "string", "pattern": "^inv_[0-9a-z]{26}$"},
 }
 _AUTH_ERRORS = {"401": _problem("Missing or invalid API key")}
@@ -52,13 +57,19 @@ def _paths() -> dict[str, Any]:
                 "operationId": "createInvoice",
                 "summary": "Create a tenge-priced invoice with a fresh address per asset",
                 "security": [{"apiKey": []}],
-                "parameters": [{
-                    "name": "Idempotency-Key", "in": "header", "required": False,
-                    "schema": {"type": "string", "minLength": 1, "maxLength": 255},
-                    "description": "Same key and body replays the first answer; same key, other body: 409.",
-                }],
-                "requestBody": {"required": True,
-                                "content": {"application/json": {"schema": _ref("CreateInvoiceRequest")}}},
+                "parameters": [
+                    {
+                        "name": "Idempotency-Key",
+                        "in": "header",
+                        "required": False,
+                        "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+                        "description": "Same key and body replays the first answer; same key, other body: 409.",
+                    }
+                ],
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": _ref("CreateInvoiceRequest")}},
+                },
                 "responses": {
                     "201": _ok("InvoiceOut", "Created"),
                     "400": _problem("Malformed request"),
@@ -76,70 +87,129 @@ def _paths() -> dict[str, Any]:
                 "summary": "List invoices, newest first, with cursor pagination",
                 "security": [{"apiKey": []}],
                 "parameters": [
-                    {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 100}},
+                    {
+                        "name": "limit",
+                        "in": "query",
+                        "schema": {"type": "integer", "minimum": 1, "maximum": 100},
+                    },
                     {"name": "starting_after", "in": "query", "schema": {"type": "string"}},
-                    {"name": "status", "in": "query", "schema": {"type": "string", "enum": [
-                        "new", "processing", "settled", "expired", "cancelled", "reversed"]}},
+                    {
+                        "name": "status",
+                        "in": "query",
+                        "schema": {
+                            "type": "string",
+                            "enum": ["new", "processing", "settled", "expired", "cancelled", "reversed"],
+                        },
+                    },
                     {"name": "order_id", "in": "query", "schema": {"type": "string"}},
-                    {"name": "created_gte", "in": "query", "schema": {"type": "string", "format": "date-time"}},
-                    {"name": "created_lt", "in": "query", "schema": {"type": "string", "format": "date-time"}},
+                    {
+                        "name": "created_gte",
+                        "in": "query",
+                        "schema": {"type": "string", "format": "date-time"},
+                    },
+                    {
+                        "name": "created_lt",
+                        "in": "query",
+                        "schema": {"type": "string", "format": "date-time"},
+                    },
                 ],
                 "responses": {"200": _ok("InvoiceList"), "400": _problem("Bad query"), **_AUTH_ERRORS},
             },
         },
         "/v1/invoices/{invoice_id}": {
             "get": {
-                "operationId": "getInvoice", "summary": "Fetch one invoice", "security": [{"apiKey": []}],
+                "operationId": "getInvoice",
+                "summary": "Fetch one invoice",
+                "security": [{"apiKey": []}],
                 "parameters": [_INVOICE_ID],
                 "responses": {"200": _ok("InvoiceOut"), **_AUTH_ERRORS, **_NOT_FOUND},
             }
         },
         "/v1/invoices/{invoice_id}/cancel": {
             "post": {
-                "operationId": "cancelInvoice", "summary": "Cancel an invoice nothing confirmed has paid",
-                "security": [{"apiKey": []}], "parameters": [_INVOICE_ID],
-                "responses": {"200": _ok("InvoiceOut"), **_AUTH_ERRORS, **_NOT_FOUND,
-                              "409": _problem("The invoice can no longer be cancelled")},
+                "operationId": "cancelInvoice",
+                "summary": "Cancel an invoice nothing confirmed has paid",
+                "security": [{"apiKey": []}],
+                "parameters": [_INVOICE_ID],
+                "responses": {
+                    "200": _ok("InvoiceOut"),
+                    **_AUTH_ERRORS,
+                    **_NOT_FOUND,
+                    "409": _problem("The invoice can no longer be cancelled"),
+                },
             }
         },
         "/v1/invoices/{invoice_id}/accept-late": {
             "post": {
-                "operationId": "acceptLatePayment", "summary": "Accept a payment that arrived after expiry",
-                "security": [{"apiKey": []}], "parameters": [_INVOICE_ID],
-                "responses": {"200": _ok("InvoiceOut"), **_AUTH_ERRORS, **_NOT_FOUND,
-                              "409": _problem("Nothing late to accept, or it does not cover the price")},
+                "operationId": "acceptLatePayment",
+                "summary": "Accept a payment that arrived after expiry",
+                "security": [{"apiKey": []}],
+                "parameters": [_INVOICE_ID],
+                "responses": {
+                    "200": _ok("InvoiceOut"),
+                    **_AUTH_ERRORS,
+                    **_NOT_FOUND,
+                    "409": _problem("Nothing late to accept, or it does not cover the price"),
+                },
             }
         },
         "/v1/invoices/{invoice_id}/payments": {
             "get": {
-                "operationId": "listInvoicePayments", "summary": "Payments seen for an invoice",
-                "security": [{"apiKey": []}], "parameters": [_INVOICE_ID],
+                "operationId": "listInvoicePayments",
+                "summary": "Payments seen for an invoice",
+                "security": [{"apiKey": []}],
+                "parameters": [_INVOICE_ID],
                 "responses": {"200": _ok("PaymentList"), **_AUTH_ERRORS, **_NOT_FOUND},
             }
         },
         "/v1/invoices/{invoice_id}/qr/{filename}": {
             "get": {
-                "operationId": "getPaymentQr", "summary": "QR code of an asset's payment URI (PNG or SVG)",
+                "operationId": "getPaymentQr",
+                "summary": "QR code of an asset's payment URI (PNG or SVG)",
                 "security": [{"apiKey": []}],
-                "parameters": [_INVOICE_ID, {"name": "filename", "in": "path", "required": True,
-                                             "schema": {"type": "string", "pattern": "^(BTC|ETH|USDT)\\.(png|svg)$"}}],
+                "parameters": [
+                    _INVOICE_ID,
+                    {
+                        "name": "filename",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "string", "pattern": "^(BTC|ETH|USDT)\\.(png|svg)$"},
+                    },
+                ],
                 "responses": {
-                    "200": {"description": "QR image", "content": {"image/png": {"schema": {"type": "string",
-                            "contentMediaType": "image/png"}}, "image/svg+xml": {"schema": {"type": "string"}}}},
-                    **_AUTH_ERRORS, **_NOT_FOUND,
+                    "200": {
+                        "description": "QR image",
+                        "content": {
+                            "image/png": {"schema": {"type": "string", "contentMediaType": "image/png"}},
+                            "image/svg+xml": {"schema": {"type": "string"}},
+                        },
+                    },
+                    **_AUTH_ERRORS,
+                    **_NOT_FOUND,
                 },
             }
         },
-        "/healthz": {"get": {"operationId": "healthz", "summary": "Liveness",
-                             "responses": {"200": _ok("HealthOut")}}},
-        "/readyz": {"get": {"operationId": "readyz", "summary": "Readiness (store reachable)",
-                            "responses": {"200": _ok("HealthOut"), "503": _ok("HealthOut", "Not ready")}}},
+        "/healthz": {
+            "get": {"operationId": "healthz", "summary": "Liveness", "responses": {"200": _ok("HealthOut")}}
+        },
+        "/readyz": {
+            "get": {
+                "operationId": "readyz",
+                "summary": "Readiness (store reachable)",
+                "responses": {"200": _ok("HealthOut"), "503": _ok("HealthOut", "Not ready")},
+            }
+        },
     }
 
 
-def build_openapi(extensions: Sequence[RouteExtension] = (), *, server_url: str | None = None) -> dict[str, Any]:
+def build_openapi(
+    extensions: Sequence[RouteExtension] = (), *, server_url: str | None = None
+) -> dict[str, Any]:
     _, schema = models_json_schema(
-        [(m, "validation" if m is models.CreateInvoiceRequest else "serialization") for m in _COMPONENT_MODELS],
+        [
+            (m, "validation" if m is models.CreateInvoiceRequest else "serialization")
+            for m in _COMPONENT_MODELS
+        ],
         ref_template="#/components/schemas/{model}",
     )
     schemas: dict[str, Any] = dict(schema.get("$defs", {}))
@@ -158,8 +228,9 @@ def build_openapi(extensions: Sequence[RouteExtension] = (), *, server_url: str 
         "paths": paths,
         "components": {
             "schemas": schemas,
-            "securitySchemes": {"apiKey": {"type": "http", "scheme": "bearer",
-                                           "description": "Merchant API key, cc_test_…"}},
+            "securitySchemes": {
+                "apiKey": {"type": "http", "scheme": "bearer", "description": "Merchant API key, cc_test_…"}
+            },
         },
     }
     if server_url:

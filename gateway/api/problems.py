@@ -125,20 +125,25 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 async def problem_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
-    except Problem as problem:
-        return problem_response(problem, request.path)
+    except Problem as raised:
+        return problem_response(raised, request.path)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
         return problem_response(_from_http_exception(exc, request), request.path)
     except StoreUnavailable as exc:
         log.error("api.store_unavailable", error=str(exc))
-        problem = Problem(
-            503, "Service unavailable", "storage is temporarily unavailable; nothing was saved, retry later",
-            "store-unavailable", headers={"Retry-After": "5"},
+        unavailable = Problem(
+            503,
+            "Service unavailable",
+            "storage is temporarily unavailable; nothing was saved, retry later",
+            "store-unavailable",
+            headers={"Retry-After": "5"},
         )
-        return problem_response(problem, request.path)
+        return problem_response(unavailable, request.path)
     except Exception:
         log.exception("api.unhandled_error")
-        problem = Problem(500, "Internal server error", "an unexpected error occurred; it has been logged", "internal")
-        return problem_response(problem, request.path)
+        internal = Problem(
+            500, "Internal server error", "an unexpected error occurred; it has been logged", "internal"
+        )
+        return problem_response(internal, request.path)

@@ -16,7 +16,10 @@ def _require_json(request: web.Request) -> None:
     if request.content_type != "application/json":
         shown = request.content_type or "none"
         raise Problem(
-            415, "Unsupported media type", f"send the body as application/json (got {shown})", "unsupported-media-type"
+            415,
+            "Unsupported media type",
+            f"send the body as application/json (got {shown})",
+            "unsupported-media-type",
         )
 
 
@@ -30,7 +33,10 @@ async def read_model(request: web.Request, model: type[M]) -> tuple[M, bytes]:
         first = exc.errors()[0]
         if first["type"] == "json_invalid":
             raise Problem(
-                400, "Malformed JSON", f"the body is not valid JSON: {first['msg']}", "malformed-json",
+                400,
+                "Malformed JSON",
+                f"the body is not valid JSON: {first['msg']}",
+                "malformed-json",
                 (FieldError("", str(first.get("ctx", {}).get("error", first["msg"]))),),
             ) from None
         if first["type"] == "model_type" and not first["loc"]:
@@ -44,7 +50,10 @@ def query_int(request: web.Request, name: str, default: int, low: int, high: int
         return default
     if not raw.isdigit() or not low <= int(raw) <= high:
         raise Problem(
-            400, "Bad request", f"query parameter {name} must be an integer from {low} to {high}", "bad-query",
+            400,
+            "Bad request",
+            f"query parameter {name} must be an integer from {low} to {high}",
+            "bad-query",
             (FieldError(f"?{name}", f"expected an integer from {low} to {high}, got {raw!r}"),),
         )
     return int(raw)

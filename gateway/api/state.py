@@ -22,6 +22,6 @@ ADDRESSES = web.AppKey("addresses", AddressPool)
 SERVICE = web.AppKey("service", InvoiceService)
 OUTBOX = web.AppKey("outbox", OutboxRunner)
 
-# Per-request values (request[...] is a plain dict keyed by str).
-MERCHANT_ID = "merchant_id"
-REQUEST_ID = "request_id"
+# Per-request values.
+MERCHANT_ID = web.RequestKey("merchant_id", str)
+REQUEST_ID = web.RequestKey("request_id", str)

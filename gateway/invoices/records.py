@@ -73,7 +73,12 @@ def state_to_json(state: InvoiceState) -> str:
         "tolerance": str(state.tolerance),
         "expires_at": isoformat(state.expires_at),
         "terms": [
-            {"asset": t.asset.value, "rate_kzt": str(t.rate_kzt), "decimals": t.decimals, "conf": t.confirmations_required}
+            {
+                "asset": t.asset.value,
+                "rate_kzt": str(t.rate_kzt),
+                "decimals": t.decimals,
+                "conf": t.confirmations_required,
+            }
             for t in state.terms.values()
         ],
         "payments": [
@@ -98,7 +103,9 @@ def state_to_json(state: InvoiceState) -> str:
 def state_from_json(text: str) -> InvoiceState:
     doc = json.loads(text)
     terms = {
-        Asset(t["asset"]): AssetTerms(Asset(t["asset"]), Decimal(t["rate_kzt"]), int(t["decimals"]), int(t["conf"]))
+        Asset(t["asset"]): AssetTerms(
+            Asset(t["asset"]), Decimal(t["rate_kzt"]), int(t["decimals"]), int(t["conf"])
+        )
         for t in doc["terms"]
     }
     base = InvoiceState.new(

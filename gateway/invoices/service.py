@@ -52,7 +52,15 @@ from gateway.invoices.records import (
     record_from_rows,
     state_to_json,
 )
-from gateway.money import ASSETS, KZT_DECIMALS, Asset, Chain, crypto_due, parse_decimal_amount, round_half_even_tiyn
+from gateway.money import (
+    ASSETS,
+    KZT_DECIMALS,
+    Asset,
+    Chain,
+    crypto_due,
+    parse_decimal_amount,
+    round_half_even_tiyn,
+)
 from gateway.money import value_in_tiyn_exact as value_exact
 from gateway.outbox import append_event
 from gateway.payment_uri import Bip21Request, Eip681Native, Eip681TokenTransfer, build_bip21, build_eip681
@@ -180,7 +188,9 @@ class InvoiceService:
         fingerprint: str,
     ) -> CreateResult:
         if idempotency_key is not None:
-            replay = await self._store.read(lambda tx: self._idempotent_replay(tx, merchant_id, idempotency_key, fingerprint))
+            replay = await self._store.read(
+                lambda tx: self._idempotent_replay(tx, merchant_id, idempotency_key, fingerprint)
+            )
             if replay is not None:
                 return replay
         merchant: MerchantTerms = await self._merchant_terms(merchant_id)
@@ -195,18 +205,25 @@ class InvoiceService:
         expires_in = request.expires_in or merchant.default_expiry_seconds or cfg.default_expiry_seconds
         if not cfg.min_expiry_seconds <= expires_in <= cfg.max_expiry_seconds:
             raise InvalidInvoiceRequest(
-                "/expires_in", f"must be between {cfg.min_expiry_seconds} and {cfg.max_expiry_seconds} seconds"
+                "/expires_in",
+                f"must be between {cfg.min_expiry_seconds} and {cfg.max_expiry_seconds} seconds",
             )
         if request.description is not None and len(request.description) > cfg.description_max_length:
-            raise InvalidInvoiceRequest("/description", f"must be at most {cfg.description_max_length} characters")
+            raise InvalidInvoiceRequest(
+                "/description", f"must be at most {cfg.description_max_length} characters"
+            )
         metadata_json = None
         if request.metadata is not None:
             metadata_json = json.dumps(request.metadata, separators=(",", ":"), ensure_ascii=False)
             if len(metadata_json.encode()) > cfg.metadata_max_bytes:
-                raise InvalidInvoiceRequest("/metadata", f"must be at most {cfg.metadata_max_bytes} bytes as JSON")
+                raise InvalidInvoiceRequest(
+                    "/metadata", f"must be at most {cfg.metadata_max_bytes} bytes as JSON"
+                )
         assets = self._choose_assets(merchant, request.assets)
         now = self._clock.now()
-        refusal = await self._ext.invoice_gate.check(InvoiceRequestContext(merchant.id, price_tiyn, assets, now))
+        refusal = await self._ext.invoice_gate.check(
+            InvoiceRequestContext(merchant.id, price_tiyn, assets, now)
+        )
         if refusal is not None:
             raise InvoiceRefused(refusal.status, refusal.title, refusal.detail, refusal.type_suffix)
 
@@ -230,8 +247,15 @@ class InvoiceService:
                 "observed_at": isoformat(rate.observed_at),
             }
         if not dues:
-            raise InvalidInvoiceRequest("/amount", "too small to pay in any accepted asset (below the dust limit)")
-        quote = {"locked_at": isoformat(now), "locked_until": isoformat(expires_at), "spread_bps": 0, "rates": rates_doc}
+            raise InvalidInvoiceRequest(
+                "/amount", "too small to pay in any accepted asset (below the dust limit)"
+            )
+        quote = {
+            "locked_at": isoformat(now),
+            "locked_until": isoformat(expires_at),
+            "spread_bps": 0,
+            "rates": rates_doc,
+        }
         state = InvoiceState.new(
             price_tiyn=price_tiyn, tolerance=cfg.payment_tolerance, expires_at=expires_at, terms=terms
         )
@@ -249,7 +273,9 @@ class InvoiceService:
             for asset, due in dues.items():
                 chain = ASSETS[asset].chain
                 if chain not in chain_address:
-                    account_key = merchant.btc_account_key if chain is Chain.BITCOIN else merchant.eth_account_key
+                    account_key = (
+                        merchant.btc_account_key if chain is Chain.BITCOIN else merchant.eth_account_key
+                    )
                     assert account_key is not None
                     row = await tx.fetchone(
                         "UPDATE address_counters SET next_index = next_index + 1"
@@ -261,16 +287,19 @@ class InvoiceService:
                     index = int(row["next_index"]) - 1
                     address = self._addresses.address(chain, account_key, index)
                     chain_address[chain] = (address, index, account_key)
-                    await tx.execute(
-                        "INSERT INTO invoice_addresses (chain, address, invoice_id, account_key, derivation_index)"
-                        " VALUES (?, ?, ?, ?, ?)",
-                        (chain.value, address, invoice_id, account_key, index),
-                    )
                 address, index, _ = chain_address[chain]
                 uri = self._payment_uri(asset, address, due, label, message)
                 methods.append(
-                    PaymentMethod(asset, chain.value, address, index, due, terms[asset].rate_kzt,
-                                  terms[asset].confirmations_required, uri)
+                    PaymentMethod(
+                        asset,
+                        chain.value,
+                        address,
+                        index,
+                        due,
+                        terms[asset].rate_kzt,
+                        terms[asset].confirmations_required,
+                        uri,
+                    )
                 )
             stamp = isoformat(now)
             record = InvoiceRecord(
@@ -291,25 +320,58 @@ class InvoiceService:
                 " description, metadata, redirect_url, quote, state, version, created_at, updated_at, expires_at)"
                 " VALUES (?, ?, ?, '[]', ?, 'KZT', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
-                    invoice_id, merchant.id, state.status.value, price_tiyn, str(cfg.payment_tolerance),
-                    request.order_id, request.description, metadata_json, request.redirect_url,
-                    json.dumps(quote, separators=(",", ":")), state_to_json(state), state.version,
-                    stamp, stamp, isoformat(expires_at),
+                    invoice_id,
+                    merchant.id,
+                    state.status.value,
+                    price_tiyn,
+                    str(cfg.payment_tolerance),
+                    request.order_id,
+                    request.description,
+                    metadata_json,
+                    request.redirect_url,
+                    json.dumps(quote, separators=(",", ":")),
+                    state_to_json(state),
+                    state.version,
+                    stamp,
+                    stamp,
+                    isoformat(expires_at),
                 ),
+            )
+            await tx.executemany(
+                "INSERT INTO invoice_addresses (chain, address, invoice_id, account_key, derivation_index)"
+                " VALUES (?, ?, ?, ?, ?)",
+                [
+                    (chain.value, address, invoice_id, account_key, index)
+                    for chain, (address, index, account_key) in chain_address.items()
+                ],
             )
             await tx.executemany(
                 "INSERT INTO payment_methods (invoice_id, asset, chain, address, derivation_index,"
                 " amount_due_minor, rate_kzt, confirmations_required, uri) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [
-                    (invoice_id, m.asset.value, m.chain, m.address, m.derivation_index, str(m.amount_due_minor),
-                     str(m.rate_kzt), m.confirmations_required, m.uri)
+                    (
+                        invoice_id,
+                        m.asset.value,
+                        m.chain,
+                        m.address,
+                        m.derivation_index,
+                        str(m.amount_due_minor),
+                        str(m.rate_kzt),
+                        m.confirmations_required,
+                        m.uri,
+                    )
                     for m in methods
                 ],
             )
             resource = invoice_resource(record, self.resource_context)
             await append_event(
-                tx, event_type="invoice.created", now=now, merchant_id=merchant.id, invoice_id=invoice_id,
-                invoice_version=state.version, data={"invoice": resource},
+                tx,
+                event_type="invoice.created",
+                now=now,
+                merchant_id=merchant.id,
+                invoice_id=invoice_id,
+                invoice_version=state.version,
+                data={"invoice": resource},
             )
             body = json.dumps(resource, separators=(",", ":")).encode()
             if idempotency_key is not None:
@@ -322,10 +384,17 @@ class InvoiceService:
 
         result = await self._store.transaction(unit)
         if not result.replayed:
-            log.info("invoice.created", invoice_id=result.invoice_id, merchant_id=merchant_id, price_tiyn=price_tiyn)
+            log.info(
+                "invoice.created",
+                invoice_id=result.invoice_id,
+                merchant_id=merchant_id,
+                price_tiyn=price_tiyn,
+            )
         return result
 
-    async def _idempotent_replay(self, tx: Tx, merchant_id: str, key: str, fingerprint: str) -> CreateResult | None:
+    async def _idempotent_replay(
+        self, tx: Tx, merchant_id: str, key: str, fingerprint: str
+    ) -> CreateResult | None:
         row = await tx.fetchone(
             "SELECT request_hash, status_code, response_body FROM idempotency_keys WHERE merchant_id = ? AND key = ?",
             (merchant_id, key),
@@ -345,7 +414,9 @@ class InvoiceService:
         usable = [a for a in merchant.accepted_assets if a in enabled]
         if requested is None:
             if not usable:
-                raise InvalidInvoiceRequest("/assets", "the merchant accepts no asset that is enabled on this gateway")
+                raise InvalidInvoiceRequest(
+                    "/assets", "the merchant accepts no asset that is enabled on this gateway"
+                )
             return tuple(usable)
         for position, asset in enumerate(requested):
             if asset not in usable:
@@ -365,8 +436,9 @@ class InvoiceService:
         if asset is Asset.ETH:
             return build_eip681(Eip681Native(address=address, chain_id=chain_id, value_wei=due))
         return build_eip681(
-            Eip681TokenTransfer(token=self._config.ethereum.token_address, chain_id=chain_id, to=address,
-                                amount_units=due)
+            Eip681TokenTransfer(
+                token=self._config.ethereum.token_address, chain_id=chain_id, to=address, amount_units=due
+            )
         )
 
     # -- reads -------------------------------------------------------------------------------------------
@@ -380,7 +452,7 @@ class InvoiceService:
     def resource(self, record: InvoiceRecord) -> dict[str, Any]:
         return invoice_resource(record, self.resource_context)
 
-    async def list(
+    async def list_invoices(
         self,
         merchant_id: str,
         *,
@@ -396,7 +468,8 @@ class InvoiceService:
             params: list[Any] = [merchant_id]
             if starting_after is not None:
                 anchor = await tx.fetchone(
-                    "SELECT created_at, id FROM invoices WHERE id = ? AND merchant_id = ?", (starting_after, merchant_id)
+                    "SELECT created_at, id FROM invoices WHERE id = ? AND merchant_id = ?",
+                    (starting_after, merchant_id),
                 )
                 if anchor is None:
                     raise InvalidInvoiceRequest("starting_after", "no invoice of yours has this id")
@@ -429,7 +502,9 @@ class InvoiceService:
     async def payments(self, merchant_id: str, invoice_id: str) -> list[dict[str, Any]]:
         record = await self.get(merchant_id, invoice_id)
         rows = await self._store.read(
-            lambda tx: tx.fetchall("SELECT * FROM payments WHERE invoice_id = ? ORDER BY detected_at, id", (invoice_id,))
+            lambda tx: tx.fetchall(
+                "SELECT * FROM payments WHERE invoice_id = ? ORDER BY detected_at, id", (invoice_id,)
+            )
         )
         return [payment_resource(row, record.state) for row in rows]
 
@@ -442,10 +517,14 @@ class InvoiceService:
         return await self._change(invoice_id, merchant_id, lambda record: AcceptLate())
 
     async def release_hold(self, invoice_id: str, payment_key: str) -> InvoiceRecord:
-        return await self._change(invoice_id, None, lambda record: ReleaseHold(payment_key), payment_key=payment_key)
+        return await self._change(
+            invoice_id, None, lambda record: ReleaseHold(payment_key), payment_key=payment_key
+        )
 
     async def refund_hold(self, invoice_id: str, payment_key: str) -> InvoiceRecord:
-        return await self._change(invoice_id, None, lambda record: RefundHold(payment_key), payment_key=payment_key)
+        return await self._change(
+            invoice_id, None, lambda record: RefundHold(payment_key), payment_key=payment_key
+        )
 
     async def expire_due(self, limit: int = 500) -> int:
         """Apply the clock to open invoices whose time is up; returns how many changed."""
@@ -473,7 +552,8 @@ class InvoiceService:
 
         async def unit(tx: Tx) -> InvoiceRecord | None:
             existing = await tx.fetchone(
-                "SELECT invoice_id FROM payments WHERE chain = ? AND payment_key = ?", (fact.chain.value, fact.payment_key)
+                "SELECT invoice_id FROM payments WHERE chain = ? AND payment_key = ?",
+                (fact.chain.value, fact.payment_key),
             )
             if existing is not None:
                 event: Event = PaymentConfirmations(fact.payment_key, fact.confirmations)
@@ -481,8 +561,13 @@ class InvoiceService:
                 assert record is not None
                 known = _payment_of(record.state, fact.payment_key)
                 if known is not None and known.status.value == "dropped":
-                    event = PaymentSeen(fact.payment_key, fact.asset, fact.amount_minor, fact.confirmations,
-                                        fact.rbf_signalling)
+                    event = PaymentSeen(
+                        fact.payment_key,
+                        fact.asset,
+                        fact.amount_minor,
+                        fact.confirmations,
+                        fact.rbf_signalling,
+                    )
                 return await self._apply(tx, record, event, now, fact=fact)
             owner = await tx.fetchone(
                 "SELECT invoice_id FROM invoice_addresses WHERE chain = ? AND address = ?",
@@ -494,30 +579,46 @@ class InvoiceService:
             assert record is not None
             terms = record.state.terms.get(fact.asset)
             value = (
-                round_half_even_tiyn(value_exact(fact.amount_minor, terms.rate_kzt, terms.decimals)) if terms else 0
+                round_half_even_tiyn(value_exact(fact.amount_minor, terms.rate_kzt, terms.decimals))
+                if terms
+                else 0
             )
             decision = await self._decide(
                 tx,
                 DetectedPayment(
-                    invoice_id=record.id, merchant_id=record.merchant_id, chain=fact.chain.value,
-                    payment_key=fact.payment_key, asset=fact.asset, amount_minor=fact.amount_minor,
-                    value_tiyn=value, payer=fact.payer, detected_at=now,
+                    invoice_id=record.id,
+                    merchant_id=record.merchant_id,
+                    chain=fact.chain.value,
+                    payment_key=fact.payment_key,
+                    asset=fact.asset,
+                    amount_minor=fact.amount_minor,
+                    value_tiyn=value,
+                    payer=fact.payer,
+                    detected_at=now,
                 ),
             )
             event = PaymentSeen(
-                fact.payment_key, fact.asset, fact.amount_minor, fact.confirmations, fact.rbf_signalling,
-                held=not decision.accept, hold_reason=decision.reason,
+                fact.payment_key,
+                fact.asset,
+                fact.amount_minor,
+                fact.confirmations,
+                fact.rbf_signalling,
+                held=not decision.accept,
+                hold_reason=decision.reason,
             )
             return await self._apply(tx, record, event, now, fact=fact)
 
         return await self._store.transaction(unit)
 
-    async def payment_dropped(self, chain: Chain, payment_key: str, reason: DropReason) -> InvoiceRecord | None:
+    async def payment_dropped(
+        self, chain: Chain, payment_key: str, reason: DropReason
+    ) -> InvoiceRecord | None:
         now = self._clock.now()
 
         async def unit(tx: Tx) -> InvoiceRecord | None:
             row = await tx.fetchone(
-                "SELECT invoice_id FROM payments WHERE chain = ? AND payment_key = ?", (chain.value, payment_key)
+                "SELECT invoice_id FROM payments WHERE chain = ? AND payment_key = ?",
+                (chain.value, payment_key),
             )
             if row is None:
                 return None
@@ -571,8 +672,14 @@ class InvoiceService:
         state = outcome.state
         await tx.execute(
             "UPDATE invoices SET status = ?, flags = ?, state = ?, version = ?, updated_at = ? WHERE id = ?",
-            (state.status.value, json.dumps(sorted(f.value for f in state.flags)), state_to_json(state),
-             state.version, stamp, record.id),
+            (
+                state.status.value,
+                json.dumps(sorted(f.value for f in state.flags)),
+                state_to_json(state),
+                state.version,
+                stamp,
+                record.id,
+            ),
         )
         resource = invoice_resource(new_record, self.resource_context)
         payment_id = getattr(event, "payment_id", None)
@@ -581,12 +688,23 @@ class InvoiceService:
             if payment_id is not None and kind.startswith("payment."):
                 data["payment_key"] = payment_id
             await append_event(
-                tx, event_type=kind, now=now, merchant_id=record.merchant_id, invoice_id=record.id,
-                invoice_version=state.version, data=data,
+                tx,
+                event_type=kind,
+                now=now,
+                merchant_id=record.merchant_id,
+                invoice_id=record.id,
+                invoice_version=state.version,
+                data=data,
             )
         for before, after in outcome.transitions:
-            log.info("invoice.transition", invoice_id=record.id, merchant_id=record.merchant_id,
-                     from_status=before.value, to_status=after.value, event=type(event).__name__)
+            log.info(
+                "invoice.transition",
+                invoice_id=record.id,
+                merchant_id=record.merchant_id,
+                from_status=before.value,
+                to_status=after.value,
+                trigger=type(event).__name__,
+            )
         return new_record
 
 
@@ -601,7 +719,9 @@ def _with_state(record: InvoiceRecord, state: InvoiceState, stamp: str) -> Invoi
     return dataclasses.replace(record, state=state, updated_at=stamp)
 
 
-async def _upsert_payment(tx: Tx, record: InvoiceRecord, state: InvoiceState, fact: PaymentFact, now: datetime) -> None:
+async def _upsert_payment(
+    tx: Tx, record: InvoiceRecord, state: InvoiceState, fact: PaymentFact, now: datetime
+) -> None:
     payment = _payment_of(state, fact.payment_key)
     if payment is None:
         return
@@ -614,9 +734,23 @@ async def _upsert_payment(tx: Tx, record: InvoiceRecord, state: InvoiceState, fa
         " status = excluded.status, late = excluded.late, hold_reason = excluded.hold_reason,"
         " block_hash = excluded.block_hash, block_height = excluded.block_height, updated_at = excluded.updated_at",
         (
-            new_id("pay"), record.id, fact.chain.value, fact.payment_key, fact.asset.value, fact.address,
-            str(fact.amount_minor), payment.confirmations, payment.status.value, int(fact.rbf_signalling),
-            int(payment.late), payment.hold_reason, fact.payer, fact.block_hash, fact.block_height, stamp, stamp,
+            new_id("pay"),
+            record.id,
+            fact.chain.value,
+            fact.payment_key,
+            fact.asset.value,
+            fact.address,
+            str(fact.amount_minor),
+            payment.confirmations,
+            payment.status.value,
+            int(fact.rbf_signalling),
+            int(payment.late),
+            payment.hold_reason,
+            fact.payer,
+            fact.block_hash,
+            fact.block_height,
+            stamp,
+            stamp,
         ),
     )
 
@@ -629,7 +763,14 @@ async def _sync_payment(tx: Tx, invoice_id: str, state: InvoiceState, payment_id
     await tx.execute(
         "UPDATE payments SET status = ?, confirmations = ?, hold_reason = ?, updated_at = ?"
         " WHERE invoice_id = ? AND payment_key = ?",
-        (payment.status.value, payment.confirmations, payment.hold_reason, isoformat(now), invoice_id, payment_id),
+        (
+            payment.status.value,
+            payment.confirmations,
+            payment.hold_reason,
+            isoformat(now),
+            invoice_id,
+            payment_id,
+        ),
     )
 
 
@@ -646,7 +787,8 @@ async def _methods_for(tx: Tx, invoice_ids: list[str]) -> dict[str, list[Row]]:
         return {}
     marks = ", ".join("?" for _ in invoice_ids)
     rows = await tx.fetchall(
-        f"SELECT * FROM payment_methods WHERE invoice_id IN ({marks})", invoice_ids  # noqa: S608 - placeholders only
+        f"SELECT * FROM payment_methods WHERE invoice_id IN ({marks})",  # noqa: S608 - placeholders only
+        invoice_ids,
     )
     grouped: dict[str, list[Row]] = {}
     for row in rows:

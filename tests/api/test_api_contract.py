@@ -33,8 +33,13 @@ async def test_openapi_document_is_valid_3_1_and_served(make_gateway: GatewayFac
     assert document["openapi"] == "3.1.0"
     validate(document)
     assert document == json.loads(json.dumps(build_openapi()))
-    for path in ("/v1/invoices", "/v1/invoices/{invoice_id}", "/v1/invoices/{invoice_id}/cancel",
-                 "/v1/invoices/{invoice_id}/payments", "/v1/invoices/{invoice_id}/qr/{filename}"):
+    for path in (
+        "/v1/invoices",
+        "/v1/invoices/{invoice_id}",
+        "/v1/invoices/{invoice_id}/cancel",
+        "/v1/invoices/{invoice_id}/payments",
+        "/v1/invoices/{invoice_id}/qr/{filename}",
+    ):
         assert path in document["paths"]
     schema = document["components"]["schemas"]["CreateInvoiceRequest"]
     assert schema["additionalProperties"] is False
@@ -53,7 +58,9 @@ async def test_api_keys_and_xpubs_never_reach_the_logs(make_gateway: GatewayFact
         # even a careless log call with a secret in it is masked
         import structlog
 
-        structlog.get_logger("test").error("oops", header=f"Bearer {new_key.plaintext}", key=demo_account_keys()[0])
+        structlog.get_logger("test").error(
+            "oops", header=f"Bearer {new_key.plaintext}", key=demo_account_keys()[0]
+        )
     finally:
         configure_logging("warning", "json")
     text = sink.getvalue()
@@ -77,8 +84,9 @@ class _Refuse:
 async def test_invoice_gate_can_refuse_with_403(make_gateway: GatewayFactory) -> None:
     gateway = await make_gateway(Extensions(invoice_gate=_Refuse()))
     await gateway.create_invoice("1000.00")
-    response = await gateway.client.post("/v1/invoices", json={"amount": "1000.01", "currency": "KZT"},
-                                         headers=gateway.auth())
+    response = await gateway.client.post(
+        "/v1/invoices", json={"amount": "1000.01", "currency": "KZT"}, headers=gateway.auth()
+    )
     assert response.status == 403
     body = await response.json()
     assert body["title"] == "Sandbox cap reached" and body["type"].endswith("sandbox-cap")
@@ -91,8 +99,9 @@ class _NoRates:
 
 async def test_no_fresh_rate_gives_503_with_retry_after(make_gateway: GatewayFactory) -> None:
     gateway = await make_gateway(rates=_NoRates())
-    response = await gateway.client.post("/v1/invoices", json={"amount": "10.00", "currency": "KZT"},
-                                         headers=gateway.auth())
+    response = await gateway.client.post(
+        "/v1/invoices", json={"amount": "10.00", "currency": "KZT"}, headers=gateway.auth()
+    )
     assert response.status == 503
     assert response.headers["Retry-After"] == "17"
     assert response.content_type == "application/problem+json"
@@ -121,24 +130,40 @@ async def test_payment_policy_is_called_once_and_holds_fail_closed(make_gateway:
 
     def fact(invoice: dict[str, Any], key: str, payer: str = "alice", confirmations: int = 0) -> PaymentFact:
         method = invoice["payment_methods"][0]
-        return PaymentFact(Chain.BITCOIN, method["address"], key, Asset.BTC, method["amount_due_minor"],
-                           confirmations, payer=payer)
+        return PaymentFact(
+            Chain.BITCOIN,
+            method["address"],
+            key,
+            Asset.BTC,
+            method["amount_due_minor"],
+            confirmations,
+            payer=payer,
+        )
 
     settled = await gateway.service.record_payment(fact(small, "01" * 32 + ":0"))
     assert settled is not None and settled.state.status.value == "settled"
     held = await gateway.service.record_payment(fact(large, "02" * 32 + ":0"))
-    assert held is not None and held.state.status.value == "new" and "on_hold" in {f.value for f in held.state.flags}
-    await gateway.service.record_payment(fact(large, "02" * 32 + ":0", confirmations=2))  # seen again: no new call
+    assert (
+        held is not None
+        and held.state.status.value == "new"
+        and "on_hold" in {f.value for f in held.state.flags}
+    )
+    await gateway.service.record_payment(
+        fact(large, "02" * 32 + ":0", confirmations=2)
+    )  # seen again: no new call
     broken = await gateway.service.record_payment(fact(odd, "03" * 32 + ":0", payer="broken"))
     assert broken is not None and "on_hold" in {f.value for f in broken.state.flags}
     assert [p.payment_key for p in policy.seen] == ["01" * 32 + ":0", "02" * 32 + ":0", "03" * 32 + ":0"]
-    payments = await (await gateway.client.get(f"/v1/invoices/{odd['id']}/payments", headers=gateway.auth())).json()
+    payments = await (
+        await gateway.client.get(f"/v1/invoices/{odd['id']}/payments", headers=gateway.auth())
+    ).json()
     assert payments["data"][0]["status"] == "held" and payments["data"][0]["hold_reason"] == "policy_error"
 
     released = await gateway.service.release_hold(large["id"], "02" * 32 + ":0")
     assert released.state.status.value in {"processing", "settled"}
-    events = await gateway.store.read(lambda tx: tx.fetchall(
-        "SELECT type FROM outbox WHERE invoice_id = ? ORDER BY seq", (large["id"],)))
+    events = await gateway.store.read(
+        lambda tx: tx.fetchall("SELECT type FROM outbox WHERE invoice_id = ? ORDER BY seq", (large["id"],))
+    )
     kinds = [e["type"] for e in events]
     assert kinds[0] == "invoice.created" and "payment.held" in kinds and "payment.released" in kinds
 
@@ -146,5 +171,6 @@ async def test_payment_policy_is_called_once_and_holds_fail_closed(make_gateway:
 async def test_unknown_address_is_not_an_invoice_payment(make_gateway: GatewayFactory) -> None:
     gateway = await make_gateway()
     result = await gateway.service.record_payment(
-        PaymentFact(Chain.BITCOIN, "bcrt1qnotours", "04" * 32 + ":0", Asset.BTC, 1000, 0))
+        PaymentFact(Chain.BITCOIN, "bcrt1qnotours", "04" * 32 + ":0", Asset.BTC, 1000, 0)
+    )
     assert result is None

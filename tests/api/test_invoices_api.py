@@ -14,9 +14,9 @@ from PIL import Image
 
 from gateway.addresses import BitcoinAccount, EthereumAccount
 from gateway.api.models import InvoiceList, InvoiceOut, PaymentList
+from gateway.invoices.service import PaymentFact
 from gateway.money import Asset, Chain, crypto_due
 from gateway.payment_uri import Bip21Request, Eip681Native, Eip681TokenTransfer, parse_payment_uri
-from gateway.invoices.service import PaymentFact
 from sandbox.demo import demo_account_keys
 from tests.conftest import Gateway
 
@@ -24,7 +24,9 @@ RATES = {"BTC": Decimal("48450000.00"), "ETH": Decimal("1683000.00"), "USDT": De
 
 
 async def test_create_gives_each_asset_a_fresh_address_exact_amount_uri_and_qr(gateway: Gateway) -> None:
-    body = await gateway.create_invoice("12500.00", order_id="A-1", description="Coffee", metadata={"table": 4})
+    body = await gateway.create_invoice(
+        "12500.00", order_id="A-1", description="Coffee", metadata={"table": 4}
+    )
     invoice = InvoiceOut.model_validate(body)
     assert invoice.status == "new" and invoice.flags == []
     assert invoice.amount == "12500.00" and invoice.amount_tiyn == 1_250_000
@@ -42,8 +44,12 @@ async def test_create_gives_each_asset_a_fresh_address_exact_amount_uri_and_qr(g
     assert request == Bip21Request(btc.address, btc.amount_due_minor, "Alatau Coffee", "Coffee")
 
     eth, usdt = methods[Asset.ETH], methods[Asset.USDT]
-    assert eth.address == usdt.address == EthereumAccount(eth_key).address(0)  # one address per invoice on EVM
-    assert parse_payment_uri(eth.uri) == Eip681Native(eth.address, 31337, crypto_due(1_250_000, RATES["ETH"], 18))
+    assert (
+        eth.address == usdt.address == EthereumAccount(eth_key).address(0)
+    )  # one address per invoice on EVM
+    assert parse_payment_uri(eth.uri) == Eip681Native(
+        eth.address, 31337, crypto_due(1_250_000, RATES["ETH"], 18)
+    )
     token = parse_payment_uri(usdt.uri)
     assert isinstance(token, Eip681TokenTransfer)
     assert token.to == usdt.address and token.amount_units == crypto_due(1_250_000, RATES["USDT"], 6)
@@ -61,42 +67,62 @@ async def test_create_gives_each_asset_a_fresh_address_exact_amount_uri_and_qr(g
 
 
 async def test_get_list_and_payments_of_an_invoice(gateway: Gateway) -> None:
-    created = [await gateway.create_invoice(f"{100 + i}.00", order_id=f"o-{i % 2}") for i in range(5)]
+    created = [await gateway.create_invoice(f"{1000 + i}.00", order_id=f"o-{i % 2}") for i in range(5)]
     response = await gateway.client.get(f"/v1/invoices/{created[0]['id']}", headers=gateway.auth())
     assert response.status == 200
     assert await response.json() == created[0]
 
-    page = InvoiceList.model_validate(await (await gateway.client.get(
-        "/v1/invoices?limit=2", headers=gateway.auth())).json())
+    page = InvoiceList.model_validate(
+        await (await gateway.client.get("/v1/invoices?limit=2", headers=gateway.auth())).json()
+    )
     assert [i.id for i in page.data] == [created[4]["id"], created[3]["id"]]  # newest first
     assert page.has_more and page.next_starting_after == created[3]["id"]
-    rest = InvoiceList.model_validate(await (await gateway.client.get(
-        f"/v1/invoices?limit=10&starting_after={page.next_starting_after}", headers=gateway.auth())).json())
+    rest = InvoiceList.model_validate(
+        await (
+            await gateway.client.get(
+                f"/v1/invoices?limit=10&starting_after={page.next_starting_after}", headers=gateway.auth()
+            )
+        ).json()
+    )
     assert [i.id for i in rest.data] == [c["id"] for c in reversed(created[:3])]
     assert not rest.has_more
 
     by_order = await (await gateway.client.get("/v1/invoices?order_id=o-1", headers=gateway.auth())).json()
     assert {i["id"] for i in by_order["data"]} == {created[1]["id"], created[3]["id"]}
     created_at = created[2]["created_at"]
-    window = await (await gateway.client.get(
-        "/v1/invoices", params={"created_gte": created_at, "status": "new"}, headers=gateway.auth())).json()
+    window = await (
+        await gateway.client.get(
+            "/v1/invoices", params={"created_gte": created_at, "status": "new"}, headers=gateway.auth()
+        )
+    ).json()
     assert len(window["data"]) == 5  # the manual clock did not move: all share one timestamp
     none = await (await gateway.client.get("/v1/invoices?status=settled", headers=gateway.auth())).json()
     assert none["data"] == []
 
     address = created[0]["payment_methods"][0]["address"]
-    await gateway.service.record_payment(PaymentFact(Chain.BITCOIN, address, "ab" * 32 + ":0", Asset.BTC, 1000, 0))
-    payments = PaymentList.model_validate(await (await gateway.client.get(
-        f"/v1/invoices/{created[0]['id']}/payments", headers=gateway.auth())).json())
-    assert [(p.payment_key, p.amount_minor, p.status) for p in payments.data] == [("ab" * 32 + ":0", 1000, "accepted")]
+    assert created[0]["payment_methods"][0]["asset"] == "BTC"
+    await gateway.service.record_payment(
+        PaymentFact(Chain.BITCOIN, address, "ab" * 32 + ":0", Asset.BTC, 1000, 0)
+    )
+    payments = PaymentList.model_validate(
+        await (
+            await gateway.client.get(f"/v1/invoices/{created[0]['id']}/payments", headers=gateway.auth())
+        ).json()
+    )
+    assert [(p.payment_key, p.amount_minor, p.status) for p in payments.data] == [
+        ("ab" * 32 + ":0", 1000, "accepted")
+    ]
 
 
 async def test_another_merchants_invoice_is_404_everywhere(gateway: Gateway) -> None:
     mine = await gateway.create_invoice()
     theirs = await gateway.create_invoice("500.00", key=gateway.other_api_key)
     other = gateway.auth(gateway.other_api_key)
-    for path in (f"/v1/invoices/{mine['id']}", f"/v1/invoices/{mine['id']}/payments",
-                 f"/v1/invoices/{mine['id']}/qr/BTC.png"):
+    for path in (
+        f"/v1/invoices/{mine['id']}",
+        f"/v1/invoices/{mine['id']}/payments",
+        f"/v1/invoices/{mine['id']}/qr/BTC.png",
+    ):
         response = await gateway.client.get(path, headers=other)
         assert response.status == 404, path
         assert response.content_type == "application/problem+json"
@@ -121,7 +147,9 @@ async def test_idempotency_key_replays_same_body_and_refuses_another(gateway: Ga
     assert "Idempotency-Key" in (await other.json())["detail"]
     # the same key of another merchant is a different key
     theirs = await gateway.client.post(
-        "/v1/invoices", json=payload, headers={**gateway.auth(gateway.other_api_key), "Idempotency-Key": "order-77"}
+        "/v1/invoices",
+        json=payload,
+        headers={**gateway.auth(gateway.other_api_key), "Idempotency-Key": "order-77"},
     )
     assert theirs.status == 201
     listed = await (await gateway.client.get("/v1/invoices", headers=gateway.auth())).json()
@@ -131,8 +159,9 @@ async def test_idempotency_key_replays_same_body_and_refuses_another(gateway: Ga
 async def test_racing_requests_with_one_idempotency_key_create_one_invoice(gateway: Gateway) -> None:
     headers = {**gateway.auth(), "Idempotency-Key": "race"}
     payload = {"amount": "10.00", "currency": "KZT"}
-    responses = await asyncio.gather(*(gateway.client.post("/v1/invoices", json=payload, headers=headers)
-                                       for _ in range(20)))
+    responses = await asyncio.gather(
+        *(gateway.client.post("/v1/invoices", json=payload, headers=headers) for _ in range(20))
+    )
     bodies = {await r.read() for r in responses}
     assert {r.status for r in responses} == {201} and len(bodies) == 1
     listed = await (await gateway.client.get("/v1/invoices", headers=gateway.auth())).json()
@@ -140,10 +169,14 @@ async def test_racing_requests_with_one_idempotency_key_create_one_invoice(gatew
 
 
 async def test_200_concurrent_creates_never_share_an_address(gateway: Gateway) -> None:
-    responses = await asyncio.gather(*(
-        gateway.client.post("/v1/invoices", json={"amount": f"{1000 + i}.00", "currency": "KZT"},
-                            headers=gateway.auth()) for i in range(200)
-    ))
+    responses = await asyncio.gather(
+        *(
+            gateway.client.post(
+                "/v1/invoices", json={"amount": f"{1000 + i}.00", "currency": "KZT"}, headers=gateway.auth()
+            )
+            for i in range(200)
+        )
+    )
     assert {r.status for r in responses} == {201}
     bodies = [await r.json() for r in responses]
     for asset in ("BTC", "ETH"):
@@ -155,8 +188,9 @@ async def test_200_concurrent_creates_never_share_an_address(gateway: Gateway) -
     for body in bodies:  # the pool never hands out an address of another index
         method = next(m for m in body["payment_methods"] if m["asset"] == "BTC")
         assert method["address"] == account.address(method["derivation_index"], "bcrt")
-    events = await gateway.store.read(lambda tx: tx.fetchone(
-        "SELECT count(*) AS n FROM outbox WHERE type = 'invoice.created'"))
+    events = await gateway.store.read(
+        lambda tx: tx.fetchone("SELECT count(*) AS n FROM outbox WHERE type = 'invoice.created'")
+    )
     assert events is not None and events["n"] == 200  # every invoice committed with its outbox event
 
 
@@ -169,8 +203,9 @@ async def test_cancel_and_cancel_of_a_settled_invoice(gateway: Gateway) -> None:
 
     paid = await gateway.create_invoice("1000.00")
     btc = next(m for m in paid["payment_methods"] if m["asset"] == "BTC")
-    await gateway.service.record_payment(PaymentFact(
-        Chain.BITCOIN, btc["address"], "cd" * 32 + ":1", Asset.BTC, btc["amount_due_minor"], 1))
+    await gateway.service.record_payment(
+        PaymentFact(Chain.BITCOIN, btc["address"], "cd" * 32 + ":1", Asset.BTC, btc["amount_due_minor"], 1)
+    )
     settled = await (await gateway.client.get(f"/v1/invoices/{paid['id']}", headers=gateway.auth())).json()
     assert settled["status"] == "settled"
     response = await gateway.client.post(f"/v1/invoices/{paid['id']}/cancel", headers=gateway.auth())
@@ -182,13 +217,15 @@ async def test_cancel_and_cancel_of_a_settled_invoice(gateway: Gateway) -> None:
 async def test_qr_png_decodes_to_the_payment_uri_and_svg_is_served(gateway: Gateway) -> None:
     invoice = await gateway.create_invoice("5300.00", description="Баурсаки & чай")
     for method in invoice["payment_methods"]:
-        response = await gateway.client.get(f"/v1/invoices/{invoice['id']}/qr/{method['asset']}.png",
-                                            headers=gateway.auth())
+        response = await gateway.client.get(
+            f"/v1/invoices/{invoice['id']}/qr/{method['asset']}.png", headers=gateway.auth()
+        )
         assert response.status == 200 and response.content_type == "image/png"
         decoded = zxingcpp.read_barcodes(Image.open(io.BytesIO(await response.read())))
         assert [d.text for d in decoded] == [method["uri"]]
-        svg = await gateway.client.get(f"/v1/invoices/{invoice['id']}/qr/{method['asset']}.svg",
-                                       headers=gateway.auth())
+        svg = await gateway.client.get(
+            f"/v1/invoices/{invoice['id']}/qr/{method['asset']}.svg", headers=gateway.auth()
+        )
         assert svg.status == 200 and svg.content_type == "image/svg+xml"
         assert "<svg" in await svg.text()
     for bad in ("DOGE.png", "BTC.gif", "BTC"):
@@ -200,7 +237,8 @@ async def test_assets_field_narrows_the_offer_and_unaccepted_asset_is_refused(ga
     body = await gateway.create_invoice("100.00", assets=["USDT"])
     assert [m["asset"] for m in body["payment_methods"]] == ["USDT"]
     response = await gateway.client.post(
-        "/v1/invoices", json={"amount": "100.00", "currency": "KZT", "assets": ["ETH"]},
+        "/v1/invoices",
+        json={"amount": "100.00", "currency": "KZT", "assets": ["ETH"]},
         headers=gateway.auth(gateway.other_api_key),
     )
     assert response.status == 422
@@ -211,8 +249,11 @@ async def test_assets_field_narrows_the_offer_and_unaccepted_asset_is_refused(ga
 async def test_tiny_invoice_leaves_out_assets_below_dust(gateway: Gateway) -> None:
     body = await gateway.create_invoice("1.00")  # 1 KZT is ~2 sat: below the 294 sat dust limit
     assert [m["asset"] for m in body["payment_methods"]] == ["ETH", "USDT"]
-    response = await gateway.client.post("/v1/invoices", json={"amount": "1.00", "currency": "KZT"},
-                                         headers=gateway.auth(gateway.other_api_key))
+    response = await gateway.client.post(
+        "/v1/invoices",
+        json={"amount": "1.00", "currency": "KZT"},
+        headers=gateway.auth(gateway.other_api_key),
+    )
     assert response.status == 422
     assert "dust" in (await response.json())["detail"]
 
@@ -239,7 +280,11 @@ def _problem_ok(body: dict[str, Any], status: int) -> None:
         ({"amount": "100.00", "currency": "KZT", "tip": "1"}, "/tip", "unknown field"),
         ({"amount": "100.00", "currency": "KZT", "expires_in": 5}, "/expires_in", "between"),
         ({"amount": "100.00", "currency": "KZT", "assets": ["BTC", "BTC"]}, "/assets", "twice"),
-        ({"amount": "100.00", "currency": "KZT", "redirect_url": "javascript:alert(1)"}, "/redirect_url", "http"),
+        (
+            {"amount": "100.00", "currency": "KZT", "redirect_url": "javascript:alert(1)"},
+            "/redirect_url",
+            "http",
+        ),
         ({"amount": "100.00", "currency": "KZT", "metadata": {"x": "y" * 5000}}, "/metadata", "4096 bytes"),
     ],
 )
@@ -260,11 +305,32 @@ async def test_protocol_errors_are_problem_json(gateway: Gateway) -> None:
     cases = [
         (await client.get("/nowhere"), 404),
         (await client.delete("/v1/invoices", headers=auth), 405),
-        (await client.post("/v1/invoices", data=b"{not json", headers={**auth, "Content-Type": "application/json"}), 400),
-        (await client.post("/v1/invoices", data=b"[1, 2]", headers={**auth, "Content-Type": "application/json"}), 400),
-        (await client.post("/v1/invoices", data=b"amount=1", headers={**auth, "Content-Type": "text/plain"}), 415),
-        (await client.post("/v1/invoices", data=b'{"amount":"' + b"1" * 70000 + b'"}',
-                           headers={**auth, "Content-Type": "application/json"}), 413),
+        (
+            await client.post(
+                "/v1/invoices", data=b"{not json", headers={**auth, "Content-Type": "application/json"}
+            ),
+            400,
+        ),
+        (
+            await client.post(
+                "/v1/invoices", data=b"[1, 2]", headers={**auth, "Content-Type": "application/json"}
+            ),
+            400,
+        ),
+        (
+            await client.post(
+                "/v1/invoices", data=b"amount=1", headers={**auth, "Content-Type": "text/plain"}
+            ),
+            415,
+        ),
+        (
+            await client.post(
+                "/v1/invoices",
+                data=b'{"amount":"' + b"1" * 70000 + b'"}',
+                headers={**auth, "Content-Type": "application/json"},
+            ),
+            413,
+        ),
         (await client.get("/v1/invoices/inv_00000000000000000000000000", headers=auth), 404),
         (await client.get("/v1/invoices/not-an-id", headers=auth), 404),
         (await client.get("/v1/invoices?limit=1000", headers=auth), 400),
@@ -280,8 +346,12 @@ async def test_protocol_errors_are_problem_json(gateway: Gateway) -> None:
 
 
 async def test_missing_or_wrong_api_key_is_401_with_challenge(gateway: Gateway) -> None:
-    for headers in ({}, {"Authorization": "Basic abc"}, {"Authorization": "Bearer cc_test_wrong"},
-                    {"Authorization": f"Bearer {gateway.api_key[:-1]}x"}):
+    for headers in (
+        {},
+        {"Authorization": "Basic abc"},
+        {"Authorization": "Bearer cc_test_wrong"},
+        {"Authorization": f"Bearer {gateway.api_key[:-1]}x"},
+    ):
         response = await gateway.client.get("/v1/invoices", headers=headers)
         assert response.status == 401
         assert response.headers["WWW-Authenticate"].startswith('Bearer realm="cryptocity"')

@@ -27,9 +27,7 @@ from gateway.addresses import (
 
 ABANDON = "abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon about"
 # BIP84 test vectors: account 0 of the mnemonic above
-BIP84_ZPUB = (
-    "zpub6rFR7y4Q2AijBEqTUquhVz398htDFrtymD9xYYfG1m4wAcvPhXNfE3EfH1r1ADqtfSdVCToUG868RvUUkgDKf31mGDtKsAYz2oz2AGutZYs"
-)
+BIP84_ZPUB = "zpub6rFR7y4Q2AijBEqTUquhVz398htDFrtymD9xYYfG1m4wAcvPhXNfE3EfH1r1ADqtfSdVCToUG868RvUUkgDKf31mGDtKsAYz2oz2AGutZYs"
 BIP84_RECEIVE = ["bc1qcr8te4kr609gcawutmrza0j4xv80jy8z306fyu", "bc1qnjg0jd8228aq7egyzacy8cys3knf9xvrerkf9g"]
 BIP84_PUBKEY_0 = "0330d54fd0dd420a6e5f8d3624f5f3482cae350f79d5f0753bf5beef9c2d91af3c"
 
@@ -39,9 +37,7 @@ HARDHAT_ADDRESSES = [
     "0x70997970C51812dc3A010C7d01b50e0d17dc79C8",
     "0x3C44CdDdB6a900fa2b585dd299e03d12FA4293BC",
 ]
-HARDHAT_ACCOUNT_XPUB = (
-    "xpub6Ce9NcJvTk36xtLSrJLZqE7wtgA5deCeYs7rSQtreh4cj6ByPtrg9sD7V2FNFLPnf8heNP3FGkeV9qwfzvZNSd54JoNXVsXFYSYwHsnJxqP"
-)
+HARDHAT_ACCOUNT_XPUB = "xpub6Ce9NcJvTk36xtLSrJLZqE7wtgA5deCeYs7rSQtreh4cj6ByPtrg9sD7V2FNFLPnf8heNP3FGkeV9qwfzvZNSd54JoNXVsXFYSYwHsnJxqP"
 
 MAIN, TEST = NETWORKS["main"], NETWORKS["test"]
 ABANDON_ROOT = bip32.HDKey.from_seed(bip39.mnemonic_to_seed(ABANDON))
@@ -128,15 +124,21 @@ def test_repr_does_not_reveal_the_whole_key() -> None:
 @pytest.mark.parametrize(
     ("key", "message"),
     [
-        (TESTNET_ACCOUNT.to_base58(TEST["xprv"]),
-         "this is a private key (tprv…); it can spend the funds, so do not send it anywhere. "
-         "Send the account's public key (tpub/vpub) instead"),
+        (
+            TESTNET_ACCOUNT.to_base58(TEST["xprv"]),
+            "this is a private key (tprv…); it can spend the funds, so do not send it anywhere. "
+            "Send the account's public key (tpub/vpub) instead",
+        ),
         (TESTNET_ACCOUNT.to_base58(TEST["zprv"]), "this is a private key (vprv…)"),
         (ABANDON_ROOT.derive("m/84h/0h/0h").to_base58(), "Send the account's public key (xpub/zpub) instead"),
-        (public("m/84h/1h/0h/0/0", TEST["zpub"]),
-         "expected an account-level key (depth 3, m/84'/1'/0'), got depth 5"),
-        (public("m/84h/0h/0h/0", MAIN["zpub"]),
-         "expected an account-level key (depth 3, m/84'/0'/0'), got depth 4 (a chain-level key"),
+        (
+            public("m/84h/1h/0h/0/0", TEST["zpub"]),
+            "expected an account-level key (depth 3, m/84'/1'/0'), got depth 5",
+        ),
+        (
+            public("m/84h/0h/0h/0", MAIN["zpub"]),
+            "expected an account-level key (depth 3, m/84'/0'/0'), got depth 4 (a chain-level key",
+        ),
         (ABANDON_ROOT.to_public().to_base58(), "got depth 0 (a master (root) key)"),
         (public("m/84h/1h/0", TEST["zpub"]), "whose last step is hardened"),
         (public("m/49h/0h/0h", MAIN["ypub"]), "ypub is for wrapped SegWit (BIP49"),
@@ -210,10 +212,16 @@ def test_bad_hrp_is_refused(hrp: object) -> None:
     [
         # BIP173 / BIP350 test vectors: P2WPKH (upper case, as in QR codes), P2WSH, P2TR
         ("BC1QW508D6QEJXTDG4Y5R3ZARVARY0C5XW7KV8F3T4", "bc", "0014751e76e8199196d454941c45d1b3a323f1433bd6"),
-        ("tb1qrp33g0q5c5txsp9arysrx4k6zdkfs4nce4xj0gdcccefvpysxf3q0sl5k7", "tb",
-         "00201863143c14c5166804bd19203356da136c985678cd4d27a1b8c6329604903262"),
-        ("bc1p0xlxvlhemja6c4dqv22uapctqupfhlxm9h8z3k2e72q4k9hcz7vqzk5jj0", "bc",
-         "512079be667ef9dcbbac55a06295ce870b07029bfcdb2dce28d959f2815b16f81798"),
+        (
+            "tb1qrp33g0q5c5txsp9arysrx4k6zdkfs4nce4xj0gdcccefvpysxf3q0sl5k7",
+            "tb",
+            "00201863143c14c5166804bd19203356da136c985678cd4d27a1b8c6329604903262",
+        ),
+        (
+            "bc1p0xlxvlhemja6c4dqv22uapctqupfhlxm9h8z3k2e72q4k9hcz7vqzk5jj0",
+            "bc",
+            "512079be667ef9dcbbac55a06295ce870b07029bfcdb2dce28d959f2815b16f81798",
+        ),
         (BIP84_RECEIVE[1], "bc", "00149c90f934ea51fa0f6504177043e0908da6929983"),
     ],
 )
@@ -285,10 +293,14 @@ def test_eth_watch_only_matches_private_key_derivation(index: int) -> None:
     [
         (HARDHAT_ROOT.derive("m/44h/60h/0h").to_base58(), "this is a private key (xprv…)"),
         (HARDHAT_ROOT.derive("m/44h/60h/0h").to_base58(), "public key (xpub) instead"),
-        (public("m/44h/60h/0h/0/0", MAIN["xpub"], HARDHAT_ROOT),
-         "expected an account-level key (depth 3, m/44'/60'/0'), got depth 5"),
-        (BIP84_ZPUB,
-         "zpub is a Bitcoin key format; an Ethereum account key (m/44'/60'/0') is serialised as xpub"),
+        (
+            public("m/44h/60h/0h/0/0", MAIN["xpub"], HARDHAT_ROOT),
+            "expected an account-level key (depth 3, m/44'/60'/0'), got depth 5",
+        ),
+        (
+            BIP84_ZPUB,
+            "zpub is a Bitcoin key format; an Ethereum account key (m/44'/60'/0') is serialised as xpub",
+        ),
         (HARDHAT_ACCOUNT_XPUB[:-2] + "zz", "bad checksum"),
     ],
 )

@@ -30,14 +30,17 @@ def test_every_setting_in_config_toml_has_a_comment() -> None:
 
 
 def test_environment_overrides_nested_keys_with_toml_literals() -> None:
-    config = load_config(None, environ={
-        "CRYPTOCITY_SERVER__PORT": "9001",
-        "CRYPTOCITY_RATES__FIXED__ENABLED": "false",
-        "CRYPTOCITY_ASSETS__ENABLED": '["BTC"]',
-        "CRYPTOCITY_INVOICES__PAYMENT_TOLERANCE": "0.005",
-        "CRYPTOCITY_STORE__PATH": "/tmp/x.sqlite3",
-        "UNRELATED": "1",
-    })
+    config = load_config(
+        None,
+        environ={
+            "CRYPTOCITY_SERVER__PORT": "9001",
+            "CRYPTOCITY_RATES__FIXED__ENABLED": "false",
+            "CRYPTOCITY_ASSETS__ENABLED": '["BTC"]',
+            "CRYPTOCITY_INVOICES__PAYMENT_TOLERANCE": "0.005",
+            "CRYPTOCITY_STORE__PATH": "/tmp/x.sqlite3",
+            "UNRELATED": "1",
+        },
+    )
     assert config.server.port == 9001
     assert config.rates.fixed.enabled is False
     assert config.assets.enabled == [Asset.BTC]
@@ -69,7 +72,9 @@ def test_a_wrong_value_is_one_line_naming_key_and_source(environ: dict[str, str]
 
 
 def test_mainnet_is_allowed_only_when_asked_for() -> None:
-    config = load_config(None, environ={"CRYPTOCITY_ETHEREUM__CHAIN_ID": "1", "CRYPTOCITY_ETHEREUM__ALLOW_MAINNET": "true"})
+    config = load_config(
+        None, environ={"CRYPTOCITY_ETHEREUM__CHAIN_ID": "1", "CRYPTOCITY_ETHEREUM__ALLOW_MAINNET": "true"}
+    )
     assert config.ethereum.chain_id == 1
 
 
@@ -94,7 +99,11 @@ def test_cli_stops_with_one_clear_line_on_a_wrong_value(tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "sandbox.cli", "migrate"],
         env={"CRYPTOCITY_STORE__MAX_BATCH": "zero", "PATH": "/usr/bin:/bin"},
-        capture_output=True, text=True, cwd=tmp_path, timeout=60, check=False,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=60,
+        check=False,
     )
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0

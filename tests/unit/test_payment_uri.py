@@ -44,8 +44,11 @@ TOKEN = "0x5FbDB2315678afecb367f032d93F642f64180aa3"
         ),
         (  # parameters a wallet does not know, without req-, are kept (and may be ignored)
             f"bitcoin:{LEGACY}?somethingyoudontunderstand=50&somethingelseyoudontget=999",
-            Bip21Request(LEGACY, None, params=(("somethingyoudontunderstand", "50"),
-                                                ("somethingelseyoudontget", "999"))),
+            Bip21Request(
+                LEGACY,
+                None,
+                params=(("somethingyoudontunderstand", "50"), ("somethingelseyoudontget", "999")),
+            ),
         ),
         (f"BITCOIN:{BECH32.upper()}?amount=0.001", Bip21Request(BECH32.upper(), 100_000)),
         (f"BitCoin:{BECH32}?amount=0.00000001", Bip21Request(BECH32, 1)),
@@ -98,8 +101,10 @@ def test_build_bip21_examples(request_: Bip21Request, uri: str) -> None:
 @pytest.mark.parametrize(
     ("uri", "message"),
     [
-        (f"bitcoin:{LEGACY}?req-somethingyoudontunderstand=50&req-somethingelseyoudontget=999",
-         "unsupported required parameter 'req-somethingyoudontunderstand'"),
+        (
+            f"bitcoin:{LEGACY}?req-somethingyoudontunderstand=50&req-somethingelseyoudontget=999",
+            "unsupported required parameter 'req-somethingyoudontunderstand'",
+        ),
         (f"bitcoin:{BECH32}?REQ-x=1", "unsupported required parameter 'REQ-x'"),
         (f"bitcoin:{BECH32}?amount=1&req-x", "unsupported required parameter 'req-x'"),
         (f"bitcoin:{BECH32}?amount=0.000000001", "has more than 8 decimal places"),
@@ -226,8 +231,12 @@ def test_bip21_round_trip(request_: Bip21Request) -> None:
         (  # EIP-681's ERC-20 example
             "ethereum:0x89205a3a3b2a69de6dbf7f01ed13b2108b2c43e7/transfer"
             "?address=0x8e23ee67d1332ad560396262c48ffbb01f93d052&uint256=1",
-            Eip681TokenTransfer("0x89205A3A3b2A69De6Dbf7f01ED13B2108B2c43e7", 1,
-                                "0x8e23Ee67d1332aD560396262C48ffbB01F93D052", 1),
+            Eip681TokenTransfer(
+                "0x89205A3A3b2A69De6Dbf7f01ED13B2108B2c43e7",
+                1,
+                "0x8e23Ee67d1332aD560396262C48ffbB01F93D052",
+                1,
+            ),
         ),
         (f"ethereum:pay-{ETH_TO}@31337?value=1e18", Eip681Native(ETH_TO, 31337, 10**18)),
         (f"ETHEREUM:{ETH_TO.lower()}@11155111?value=1000", Eip681Native(ETH_TO, 11155111, 1000)),

@@ -45,13 +45,17 @@ async def test_wal_full_sync_and_foreign_keys_are_on(tmp_path: Path, store: Sqli
 
     assert await store.transaction(pragmas) == (2, 1)  # 2 = FULL
     with pytest.raises(StoreError, match="FOREIGN KEY"):
-        await store.transaction(lambda tx: tx.execute(
-            "INSERT INTO api_keys (id, merchant_id, lookup, secret_hash, created_at) VALUES ('k', 'nobody', 'l', 'h', 't')"
-        ))
+        await store.transaction(
+            lambda tx: tx.execute(
+                "INSERT INTO api_keys (id, merchant_id, lookup, secret_hash, created_at) VALUES ('k', 'nobody', 'l', 'h', 't')"
+            )
+        )
 
 
 async def test_concurrent_units_share_commits(store: SqliteStore) -> None:
-    names = await asyncio.gather(*(store.transaction(lambda tx, i=i: _put(tx, f"c{i}", i)) for i in range(2000)))
+    names = await asyncio.gather(
+        *(store.transaction(lambda tx, i=i: _put(tx, f"c{i}", i)) for i in range(2000))
+    )
     assert len(set(names)) == 2000
     assert await _count(store) == 2000
     assert store.stats.units == 2000
@@ -73,8 +77,14 @@ async def test_a_failing_unit_rolls_back_alone(store: SqliteStore) -> None:
     )
     assert results[0] == "a" and results[2] == "b"
     assert isinstance(results[1], UniqueViolation)
-    names = await store.read(lambda tx: tx.fetchall("SELECT consumer FROM consumer_cursors ORDER BY consumer"))
-    assert [r["consumer"] for r in names] == ["a", "b", "taken"]  # nothing of the failed unit, not even "partial"
+    names = await store.read(
+        lambda tx: tx.fetchall("SELECT consumer FROM consumer_cursors ORDER BY consumer")
+    )
+    assert [r["consumer"] for r in names] == [
+        "a",
+        "b",
+        "taken",
+    ]  # nothing of the failed unit, not even "partial"
 
 
 async def test_units_see_earlier_units_of_the_same_batch(store: SqliteStore) -> None:
@@ -141,7 +151,9 @@ async def test_migrations_are_numbered_and_reapplying_is_a_no_op(tmp_path: Path)
     assert versions == list(range(1, len(versions) + 1))
     for _ in range(2):
         store = await SqliteStore.open(tmp_path / "m.sqlite3")
-        rows = await store.read(lambda tx: tx.fetchall("SELECT version FROM schema_migrations ORDER BY version"))
+        rows = await store.read(
+            lambda tx: tx.fetchall("SELECT version FROM schema_migrations ORDER BY version")
+        )
         assert [r["version"] for r in rows] == versions
         await store.close()
 
