@@ -159,7 +159,7 @@ def run_wrk(port: int, key: str, seconds: float, connections: int, tag: str) -> 
                 "wrk",
                 "-t2",
                 f"-c{connections}",
-                f"-d{seconds}s",
+                f"-d{max(1, round(seconds))}s",
                 "--latency",
                 "-s",
                 script.name,

@@ -20,6 +20,7 @@ Bitcoin addresses are BIP84 P2WPKH (native SegWit v0, bech32); Ethereum addresse
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import operator
@@ -382,6 +383,7 @@ def btc_script_for_address(address: str, hrp: str) -> bytes:
 _ETH_HEX: Final = re.compile(r"0x[0-9a-fA-F]{40}")
 
 
+@functools.lru_cache(maxsize=16384)
 def _eip55(hex40_lower: str) -> str:
     """EIP-55: upper-case each letter whose nibble in keccak(lower-case hex) is >= 8."""
     nibbles = keccak(hex40_lower.encode("ascii")).hex()[:40]

@@ -17,7 +17,7 @@ import structlog
 from aiohttp import web
 
 from gateway.accounts.merchants import MerchantRegistry
-from gateway.address_pool import AddressPool
+from gateway.address_pool import AddressPool, IndexAllocator
 from gateway.api import health, invoices
 from gateway.api.middleware import merchant_auth_middleware, request_context_middleware
 from gateway.api.openapi import build_openapi
@@ -116,6 +116,7 @@ def _services_ctx(rates: RateSource | None) -> Any:
             config=cfg,
             rates=source,
             addresses=pool,
+            indexes=IndexAllocator(store, cfg.addresses.reserve_block),
             extensions=app[EXTENSIONS],
             merchant_terms=merchant_terms,
         )

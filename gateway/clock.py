@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
@@ -43,9 +44,14 @@ class ManualClock:
         self._now = moment
 
 
+@functools.lru_cache(maxsize=4096)
 def isoformat(moment: datetime) -> str:
     """RFC 3339 in UTC with a Z and millisecond precision: sortable as text, the form the API and store use."""
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+    m = moment.astimezone(UTC)
+    return (
+        f"{m.year:04d}-{m.month:02d}-{m.day:02d}T{m.hour:02d}:{m.minute:02d}:{m.second:02d}."
+        f"{m.microsecond // 1000:03d}Z"
+    )
 
 
 def parse_isoformat(text: str) -> datetime:

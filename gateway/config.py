@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -212,11 +212,25 @@ class ConfirmationsConfig(_Section):
 
     def required(self, asset: Asset, price_tiyn: int) -> int:
         """The first rule of the asset whose bound covers the price; above every bound, the strictest."""
-        matching = [r for r in self.rules if r.asset == asset]
-        for rule in sorted(matching, key=lambda r: _kzt_to_tiyn(r.up_to_kzt)):
-            if price_tiyn <= _kzt_to_tiyn(rule.up_to_kzt):
-                return rule.confirmations
-        return max((r.confirmations for r in matching), default=1)
+        return confirmation_policy(self)(asset, price_tiyn)
+
+
+def confirmation_policy(config: ConfirmationsConfig) -> Callable[[Asset, int], int]:
+    """The rules compiled once into sorted integer bounds (invoice creation asks on every request)."""
+    table: dict[Asset, list[tuple[int, int]]] = {}
+    for rule in config.rules:
+        table.setdefault(rule.asset, []).append((_kzt_to_tiyn(rule.up_to_kzt), rule.confirmations))
+    for bounds in table.values():
+        bounds.sort()
+
+    def required(asset: Asset, price_tiyn: int) -> int:
+        bounds = table.get(asset, [])
+        for bound, confirmations in bounds:
+            if price_tiyn <= bound:
+                return confirmations
+        return max((c for _, c in bounds), default=1)
+
+    return required
 
 
 class MerchantsConfig(_Section):
@@ -226,6 +240,7 @@ class MerchantsConfig(_Section):
 
 class AddressesConfig(_Section):
     pool_size: Annotated[int, Field(ge=0, le=100000)] = 256
+    reserve_block: Annotated[int, Field(ge=1, le=1000)] = 50
 
 
 class Config(_Section):

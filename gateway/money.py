@@ -13,6 +13,7 @@ Rounding rules (written down once):
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from decimal import ROUND_HALF_EVEN, Decimal, localcontext
@@ -97,6 +98,7 @@ def format_tiyn(amount_tiyn: int) -> str:
     return format_minor_units(amount_tiyn, KZT_DECIMALS, min_decimals=KZT_DECIMALS)
 
 
+@functools.lru_cache(maxsize=1024)
 def rate_per_minor_unit(rate_kzt_per_unit: Decimal, decimals: int) -> Fraction:
     """Tiyn per smallest unit of an asset, exactly, from a KZT-per-whole-unit rate."""
     scale: int = 10**decimals
@@ -107,9 +109,9 @@ def crypto_due(price_tiyn: int, rate_kzt_per_unit: Decimal, decimals: int) -> in
     """Smallest-unit amount that is worth at least ``price_tiyn`` at the rate (rounds UP)."""
     if rate_kzt_per_unit <= 0:
         raise AmountError("a rate must be positive")
-    exact = Fraction(price_tiyn) / rate_per_minor_unit(rate_kzt_per_unit, decimals)
-    whole = exact.numerator // exact.denominator
-    return whole if whole == exact else whole + 1
+    rate = rate_per_minor_unit(rate_kzt_per_unit, decimals)
+    # ceil(price / rate) in integers: price * denominator / numerator, rounded up
+    return -(-(price_tiyn * rate.denominator) // rate.numerator)
 
 
 def value_in_tiyn_exact(amount_minor: int, rate_kzt_per_unit: Decimal, decimals: int) -> Fraction:

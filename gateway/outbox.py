@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -22,6 +21,7 @@ from typing import Any, Protocol
 
 import structlog
 
+from gateway import jsonutil
 from gateway.clock import Clock, isoformat
 from gateway.ids import new_id
 from gateway.store import Store, Tx
@@ -55,6 +55,58 @@ def event_body(
     }
 
 
+@dataclass(frozen=True, slots=True)
+class PreparedEvent:
+    """An event serialised ahead of its transaction, so the unit only inserts it."""
+
+    id: str
+    type: str
+    merchant_id: str | None
+    invoice_id: str | None
+    invoice_version: int | None
+    created_at: str
+    payload: str
+
+
+def prepare_event(
+    *,
+    event_type: str,
+    now: datetime,
+    data: dict[str, Any],
+    merchant_id: str | None = None,
+    invoice_id: str | None = None,
+    invoice_version: int | None = None,
+) -> PreparedEvent:
+    event_id = new_id("evt")
+    body = event_body(event_id, event_type, now, invoice_version, data)
+    return PreparedEvent(
+        event_id,
+        event_type,
+        merchant_id,
+        invoice_id,
+        invoice_version,
+        body["created_at"],
+        jsonutil.dumps(body),
+    )
+
+
+async def insert_event(tx: Tx, event: PreparedEvent) -> str:
+    await tx.execute(
+        "INSERT INTO outbox (id, type, merchant_id, invoice_id, invoice_version, created_at, payload)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (
+            event.id,
+            event.type,
+            event.merchant_id,
+            event.invoice_id,
+            event.invoice_version,
+            event.created_at,
+            event.payload,
+        ),
+    )
+    return event.id
+
+
 async def append_event(
     tx: Tx,
     *,
@@ -66,22 +118,15 @@ async def append_event(
     invoice_version: int | None = None,
 ) -> str:
     """Write one event inside the caller's transaction; returns its id."""
-    event_id = new_id("evt")
-    body = event_body(event_id, event_type, now, invoice_version, data)
-    await tx.execute(
-        "INSERT INTO outbox (id, type, merchant_id, invoice_id, invoice_version, created_at, payload)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?)",
-        (
-            event_id,
-            event_type,
-            merchant_id,
-            invoice_id,
-            invoice_version,
-            body["created_at"],
-            json.dumps(body, separators=(",", ":")),
-        ),
+    prepared = prepare_event(
+        event_type=event_type,
+        now=now,
+        data=data,
+        merchant_id=merchant_id,
+        invoice_id=invoice_id,
+        invoice_version=invoice_version,
     )
-    return event_id
+    return await insert_event(tx, prepared)
 
 
 def row_to_event(row: dict[str, Any] | Any) -> OutboxEvent:
@@ -93,7 +138,7 @@ def row_to_event(row: dict[str, Any] | Any) -> OutboxEvent:
         invoice_id=row["invoice_id"],
         invoice_version=row["invoice_version"],
         created_at=row["created_at"],
-        payload=json.loads(row["payload"]),
+        payload=jsonutil.loads(row["payload"]),
     )
 
 

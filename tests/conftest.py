@@ -83,9 +83,7 @@ GatewayFactory = Callable[..., Awaitable[Gateway]]
 
 
 @pytest.fixture
-async def make_gateway(
-    aiohttp_client: Any, tmp_path: Path, clock: ManualClock
-) -> GatewayFactory:
+async def make_gateway(aiohttp_client: Any, tmp_path: Path, clock: ManualClock) -> GatewayFactory:
     async def factory(
         extensions: Extensions | None = None, rates: RateSource | None = None, **env: str
     ) -> Gateway:

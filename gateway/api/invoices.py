@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from datetime import datetime
 from typing import Any
 
 import structlog
 from aiohttp import web
 
+from gateway import jsonutil
 from gateway.api.models import CreateInvoiceRequest
 from gateway.api.problems import FieldError, Problem
 from gateway.api.requests import query_int, read_model
@@ -35,9 +35,7 @@ _STATUSES = ("new", "processing", "settled", "expired", "cancelled", "reversed")
 
 
 def _json(body: Any, status: int = 200) -> web.Response:
-    return web.Response(
-        status=status, body=json.dumps(body, separators=(",", ":")).encode(), content_type="application/json"
-    )
+    return web.Response(status=status, body=jsonutil.dumps_bytes(body), content_type="application/json")
 
 
 def _not_found(invoice_id: str) -> Problem:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
+from gateway import jsonutil
 from gateway.clock import isoformat, parse_isoformat
 from gateway.invoices.lifecycle import (
     AssetTerms,
@@ -97,11 +98,11 @@ def state_to_json(state: InvoiceState) -> str:
         "late_accepted": state.late_accepted,
         "version": state.version,
     }
-    return json.dumps(doc, separators=(",", ":"))
+    return jsonutil.dumps(doc)
 
 
 def state_from_json(text: str) -> InvoiceState:
-    doc = json.loads(text)
+    doc = jsonutil.loads(text)
     terms = {
         Asset(t["asset"]): AssetTerms(
             Asset(t["asset"]), Decimal(t["rate_kzt"]), int(t["decimals"]), int(t["conf"])
@@ -140,26 +141,46 @@ def state_from_json(text: str) -> InvoiceState:
 # -- rows <-> records ----------------------------------------------------------------------------------
 
 INVOICE_COLUMNS = (
-    "id, merchant_id, order_id, description, metadata, redirect_url, quote, state, created_at, updated_at"
+    "id, merchant_id, order_id, description, metadata, redirect_url, quote, payment_methods, state,"
+    " created_at, updated_at"
 )
 
 
-def method_from_row(row: Row) -> PaymentMethod:
-    return PaymentMethod(
-        asset=Asset(row["asset"]),
-        chain=row["chain"],
-        address=row["address"],
-        derivation_index=int(row["derivation_index"]),
-        amount_due_minor=int(row["amount_due_minor"]),
-        rate_kzt=Decimal(row["rate_kzt"]),
-        confirmations_required=int(row["confirmations_required"]),
-        uri=row["uri"],
+def methods_to_json(methods: tuple[PaymentMethod, ...]) -> str:
+    return jsonutil.dumps(
+        [
+            {
+                "asset": m.asset.value,
+                "chain": m.chain,
+                "address": m.address,
+                "index": m.derivation_index,
+                "due": str(m.amount_due_minor),
+                "rate_kzt": str(m.rate_kzt),
+                "conf": m.confirmations_required,
+                "uri": m.uri,
+            }
+            for m in methods
+        ]
     )
 
 
-def record_from_rows(row: Row, method_rows: list[Row]) -> InvoiceRecord:
-    order = {a: i for i, a in enumerate(Asset)}
-    methods = sorted((method_from_row(m) for m in method_rows), key=lambda m: order[m.asset])
+def methods_from_json(text: str) -> tuple[PaymentMethod, ...]:
+    return tuple(
+        PaymentMethod(
+            asset=Asset(m["asset"]),
+            chain=m["chain"],
+            address=m["address"],
+            derivation_index=int(m["index"]),
+            amount_due_minor=int(m["due"]),
+            rate_kzt=Decimal(m["rate_kzt"]),
+            confirmations_required=int(m["conf"]),
+            uri=m["uri"],
+        )
+        for m in jsonutil.loads(text)
+    )
+
+
+def record_from_row(row: Row) -> InvoiceRecord:
     return InvoiceRecord(
         id=row["id"],
         merchant_id=row["merchant_id"],
@@ -167,9 +188,9 @@ def record_from_rows(row: Row, method_rows: list[Row]) -> InvoiceRecord:
         description=row["description"],
         metadata=None if row["metadata"] is None else json.loads(row["metadata"]),
         redirect_url=row["redirect_url"],
-        quote=json.loads(row["quote"]),
+        quote=jsonutil.loads(row["quote"]),
         state=state_from_json(row["state"]),
-        methods=tuple(methods),
+        methods=methods_from_json(row["payment_methods"]),
         created_at=row["created_at"],
         updated_at=row["updated_at"],
     )
@@ -190,7 +211,9 @@ class ResourceContext:
 
 def invoice_resource(record: InvoiceRecord, ctx: ResourceContext) -> dict[str, Any]:
     state = record.state
-    paid_tiyn = round_half_even_tiyn(accepted_value_tiyn(state))
+    # Fast path for the common case (a fresh invoice): nothing paid, everything still due.
+    unpaid = not state.payments
+    paid_tiyn = 0 if unpaid else round_half_even_tiyn(accepted_value_tiyn(state))
     base = f"{ctx.public_url}/v1/invoices/{record.id}"
     methods = []
     for m in record.methods:
@@ -204,7 +227,9 @@ def invoice_resource(record: InvoiceRecord, ctx: ResourceContext) -> dict[str, A
                 "derivation_index": m.derivation_index,
                 "amount_due": format_minor_units(m.amount_due_minor, info.decimals),
                 "amount_due_minor": m.amount_due_minor,
-                "amount_remaining_minor": amount_remaining_minor(state, m.asset),
+                "amount_remaining_minor": m.amount_due_minor
+                if unpaid
+                else amount_remaining_minor(state, m.asset),
                 "decimals": info.decimals,
                 "confirmations_required": m.confirmations_required,
                 "uri": m.uri,

@@ -10,8 +10,9 @@ Callers see two operations:
 
 SQL is written once with ``?`` placeholders and the portable subset shared by SQLite and PostgreSQL
 (``INSERT .. ON CONFLICT``, ``RETURNING``); a backend that needs another placeholder style rewrites it.
-A unit must only await its ``tx``: anything slow (network, heavy CPU) belongs before the unit starts,
-because the writer serialises units.
+A unit must only await its ``tx`` (the SQLite backend drives each unit to completion in one step and refuses one that
+suspends on anything else): anything slow or asynchronous (network, heavy CPU) belongs before the unit
+starts, because the writer serialises units. ``after_commit`` callbacks run on the event loop.
 
 Exception tree::
 
@@ -22,7 +23,7 @@ Exception tree::
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from typing import Any, Protocol, TypeVar
 
 T = TypeVar("T")
@@ -62,7 +63,7 @@ class Tx(Protocol):
 class Store(Protocol):
     backend: str
 
-    async def transaction(self, fn: Callable[[Tx], Awaitable[T]]) -> T: ...
+    async def transaction(self, fn: Callable[[Tx], Coroutine[Any, Any, T]]) -> T: ...
 
     async def read(self, fn: Callable[[Tx], Awaitable[T]]) -> T: ...
 

@@ -1,4 +1,5 @@
 -- Gateway core: merchants, API keys, invoices, addresses, payments, outbox, idempotency.
+-- Rows per invoice creation are kept few on purpose: each row costs the single writer time.
 -- Crypto amounts are TEXT holding a decimal integer (wei exceeds 64 bits); tenge is INTEGER tiyn.
 -- Times are RFC 3339 UTC text with milliseconds ("2026-11-23T12:00:00.000Z"), which sorts correctly.
 
@@ -47,6 +48,7 @@ CREATE TABLE invoices (
     metadata        TEXT,                           -- JSON object
     redirect_url    TEXT,
     quote           TEXT NOT NULL,                  -- JSON: the locked quote, never changed
+    payment_methods TEXT NOT NULL,                  -- JSON: per asset address, index, amount due, URI
     state           TEXT NOT NULL,                  -- JSON: the lifecycle state (payments, terms, version)
     version         INTEGER NOT NULL,
     created_at      TEXT NOT NULL,
@@ -68,19 +70,6 @@ CREATE TABLE invoice_addresses (
     UNIQUE (chain, account_key, derivation_index)
 );
 CREATE INDEX invoice_addresses_invoice ON invoice_addresses(invoice_id);
-
-CREATE TABLE payment_methods (
-    invoice_id        TEXT NOT NULL REFERENCES invoices(id),
-    asset             TEXT NOT NULL,
-    chain             TEXT NOT NULL,
-    address           TEXT NOT NULL,
-    derivation_index  INTEGER NOT NULL,
-    amount_due_minor  TEXT NOT NULL,
-    rate_kzt          TEXT NOT NULL,
-    confirmations_required INTEGER NOT NULL,
-    uri               TEXT NOT NULL,
-    PRIMARY KEY (invoice_id, asset)
-);
 
 CREATE TABLE payments (
     id              TEXT PRIMARY KEY,
@@ -130,7 +119,7 @@ CREATE TABLE idempotency_keys (
     key            TEXT NOT NULL,
     request_hash   TEXT NOT NULL,
     status_code    INTEGER NOT NULL,
-    response_body  TEXT NOT NULL,
+    response_event TEXT NOT NULL,                   -- the outbox event whose data.invoice is the answer
     created_at     TEXT NOT NULL,
     PRIMARY KEY (merchant_id, key)
 );
