@@ -160,15 +160,27 @@ class IndexAllocator:
         async with lock:
             following, end = self._current.get(key, (0, 0))
             if following >= end:
-                spare = self._spare.pop(key, None) or self._start_reservation(key)
-                following, end = await spare  # a failed reservation raises here and is retried next time
+                spare = self._spare.pop(key, None)
+                if spare is None or (spare.done() and (spare.cancelled() or spare.exception() is not None)):
+                    spare = self._start_reservation(key)  # none ahead, or the one ahead failed: try now
+                following, end = await spare  # a failure raises here; the next caller tries again
             self._current[key] = (following + 1, end)
             if key not in self._spare:
                 self._spare[key] = self._start_reservation(key)
             return following
 
     def _start_reservation(self, key: _PoolKey) -> asyncio.Task[tuple[int, int]]:
-        return asyncio.get_running_loop().create_task(self._reserve(*key), name="index-reserve")
+        task = asyncio.get_running_loop().create_task(self._reserve(*key), name="index-reserve")
+        task.add_done_callback(_note_reservation_failure)
+        return task
+
+    async def close(self) -> None:
+        """Cancel reservations made ahead (their blocks, if committed, simply stay unused)."""
+        spares = list(self._spare.values())
+        self._spare.clear()
+        for task in spares:
+            task.cancel()
+        await asyncio.gather(*spares, return_exceptions=True)
 
     async def _reserve(self, chain: Chain, account_key: str) -> tuple[int, int]:
         size = self._block
@@ -185,3 +197,9 @@ class IndexAllocator:
 
         end = await self._store.transaction(unit)
         return end - size, end
+
+
+def _note_reservation_failure(task: asyncio.Task[tuple[int, int]]) -> None:
+    """Log a failed reservation made ahead; the caller that needs the block retries it."""
+    if not task.cancelled() and task.exception() is not None:
+        log.warning("addresses.reservation_failed", error=str(task.exception()))

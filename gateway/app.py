@@ -108,6 +108,7 @@ def _services_ctx(rates: RateSource | None) -> Any:
                 default_expiry_seconds=merchant.default_expiry_seconds,
             )
 
+        indexes = IndexAllocator(store, cfg.addresses.reserve_block)
         app[REGISTRY] = registry
         app[ADDRESSES] = pool
         app[SERVICE] = InvoiceService(
@@ -116,12 +117,13 @@ def _services_ctx(rates: RateSource | None) -> Any:
             config=cfg,
             rates=source,
             addresses=pool,
-            indexes=IndexAllocator(store, cfg.addresses.reserve_block),
+            indexes=indexes,
             extensions=app[EXTENSIONS],
             merchant_terms=merchant_terms,
         )
         await _prime_address_pool(store, pool)
         yield
+        await indexes.close()
         await pool.close()
 
     return ctx
