@@ -59,7 +59,7 @@ def create_app(
     app.cleanup_ctx.append(_expiry_sweeper_ctx)
     app.add_routes(invoices.routes)
     app.add_routes(health.routes)
-    openapi = build_openapi(ext.routes)
+    openapi = build_openapi(ext.routes, invoices=config.invoices)
 
     async def openapi_json(request: web.Request) -> web.Response:
         return web.json_response(openapi)

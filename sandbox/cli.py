@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import json
 import signal
+import socket
 import sys
 from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError, version
@@ -190,10 +191,17 @@ async def _demo_merchant(config: Config) -> str:
 
 async def _serve(config: Config, *, demo: bool) -> int:
     demo_key = await _demo_merchant(config) if demo else None
+    # Bind first, so that with port 0 the links the API returns carry the port actually chosen.
+    listener = socket.socket(socket.AF_INET6 if ":" in config.server.host else socket.AF_INET)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind((config.server.host, config.server.port))
+    if config.server.port == 0:
+        bound_server = config.server.model_copy(update={"port": listener.getsockname()[1]})
+        config = config.model_copy(update={"server": bound_server})
     app = create_app(config)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=config.server.shutdown_timeout_seconds)
     await runner.setup()
-    site = web.TCPSite(runner, config.server.host, config.server.port)
+    site = web.SockSite(runner, listener)
     await site.start()
     bound = runner.addresses[0]
     base = f"http://{bound[0]}:{bound[1]}"

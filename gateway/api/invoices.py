@@ -54,9 +54,12 @@ def _idempotency_key(request: web.Request) -> str | None:
     key = request.headers.get("Idempotency-Key")
     if key is None:
         return None
-    if not 1 <= len(key) <= 255 or not key.isprintable():
+    if not 1 <= len(key) <= 255 or not all(" " <= c <= "~" for c in key):
         raise Problem(
-            400, "Bad request", "Idempotency-Key must be 1 to 255 printable characters", "bad-idempotency-key"
+            400,
+            "Bad request",
+            "Idempotency-Key must be 1 to 255 printable ASCII characters",
+            "bad-idempotency-key",
         )
     return key
 
@@ -127,13 +130,13 @@ async def list_invoices(request: web.Request) -> web.Response:
             order_id=request.query.get("order_id"),
             **created,
         )
-    except InvalidInvoiceRequest as exc:
+    except InvoiceNotFound:
         raise Problem(
-            400,
-            "Bad request",
-            f"{exc.pointer}: {exc.detail}",
-            "bad-query",
-            (FieldError(f"?{exc.pointer}", exc.detail),),
+            404,
+            "Not found",
+            f"starting_after: no invoice {starting_after!r} in your account",
+            "invoice-not-found",
+            (FieldError("?starting_after", "no invoice of yours has this id"),),
         ) from None
     data = [service.resource(r) for r in records]
     return _json(

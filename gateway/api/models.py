@@ -38,7 +38,12 @@ class CreateInvoiceRequest(_Strict):
         default=None, description="Small JSON object stored with the invoice and echoed in webhooks."
     )
     expires_in: StrictInt | None = Field(default=None, description="Seconds until the invoice expires.")
-    redirect_url: Annotated[StrictStr, Field(max_length=2000)] | None = Field(
+    redirect_url: (
+        Annotated[
+            StrictStr, Field(max_length=2000, json_schema_extra={"pattern": "^[Hh][Tt][Tt][Pp][Ss]?://"})
+        ]
+        | None
+    ) = Field(
         default=None, description="Where the hosted checkout sends the payer after payment (http or https)."
     )
 

@@ -13,6 +13,7 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from gateway.api import models
+from gateway.config import InvoicesConfig
 from gateway.extensions import RouteExtension
 
 _COMPONENT_MODELS: tuple[type[BaseModel], ...] = (
@@ -62,7 +63,7 @@ def _paths() -> dict[str, Any]:
                         "name": "Idempotency-Key",
                         "in": "header",
                         "required": False,
-                        "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+                        "schema": {"type": "string", "pattern": "^[ -~]{1,255}$"},
                         "description": "Same key and body replays the first answer; same key, other body: 409.",
                     }
                 ],
@@ -113,7 +114,12 @@ def _paths() -> dict[str, Any]:
                         "schema": {"type": "string", "format": "date-time"},
                     },
                 ],
-                "responses": {"200": _ok("InvoiceList"), "400": _problem("Bad query"), **_AUTH_ERRORS},
+                "responses": {
+                    "200": _ok("InvoiceList"),
+                    "400": _problem("Bad query"),
+                    **_AUTH_ERRORS,
+                    "404": _problem("starting_after names no invoice of yours"),
+                },
             },
         },
         "/v1/invoices/{invoice_id}": {
@@ -202,8 +208,23 @@ def _paths() -> dict[str, Any]:
     }
 
 
+def _apply_limits(schema: dict[str, Any], invoices: InvoicesConfig) -> None:
+    """Write the configured limits that JSON Schema can express into the create-invoice schema."""
+    props = schema["properties"]
+    for option in props["description"].get("anyOf", []):
+        if option.get("type") == "string":
+            option["maxLength"] = invoices.description_max_length
+    for option in props["expires_in"].get("anyOf", []):
+        if option.get("type") == "integer":
+            option["minimum"] = invoices.min_expiry_seconds
+            option["maximum"] = invoices.max_expiry_seconds
+
+
 def build_openapi(
-    extensions: Sequence[RouteExtension] = (), *, server_url: str | None = None
+    extensions: Sequence[RouteExtension] = (),
+    *,
+    invoices: InvoicesConfig | None = None,
+    server_url: str | None = None,
 ) -> dict[str, Any]:
     _, schema = models_json_schema(
         [
@@ -213,6 +234,7 @@ def build_openapi(
         ref_template="#/components/schemas/{model}",
     )
     schemas: dict[str, Any] = dict(schema.get("$defs", {}))
+    _apply_limits(schemas["CreateInvoiceRequest"], invoices or InvoicesConfig())
     paths = _paths()
     for extension in extensions:
         paths.update(extension.openapi_paths)

@@ -205,7 +205,10 @@ class InvoiceService:
             raise InvalidInvoiceRequest("/amount", f"must be at least {cfg.min_amount_kzt} KZT")
         if price_tiyn > self._max_tiyn:
             raise InvalidInvoiceRequest("/amount", f"must be at most {cfg.max_amount_kzt} KZT")
-        expires_in = request.expires_in or merchant.default_expiry_seconds or cfg.default_expiry_seconds
+        if request.expires_in is not None:  # 0 is a value (and out of range), not "absent"
+            expires_in = request.expires_in
+        else:
+            expires_in = merchant.default_expiry_seconds or cfg.default_expiry_seconds
         if not cfg.min_expiry_seconds <= expires_in <= cfg.max_expiry_seconds:
             raise InvalidInvoiceRequest(
                 "/expires_in",
@@ -451,7 +454,7 @@ class InvoiceService:
                     (starting_after, merchant_id),
                 )
                 if anchor is None:
-                    raise InvalidInvoiceRequest("starting_after", "no invoice of yours has this id")
+                    raise InvoiceNotFound(starting_after)
                 where.append("(created_at < ? OR (created_at = ? AND id < ?))")
                 params += [anchor["created_at"], anchor["created_at"], anchor["id"]]
             if status is not None:

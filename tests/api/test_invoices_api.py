@@ -279,6 +279,7 @@ def _problem_ok(body: dict[str, Any], status: int) -> None:
         ({"amount": "100.00", "currency": "USD"}, "/currency", "KZT"),
         ({"amount": "100.00", "currency": "KZT", "tip": "1"}, "/tip", "unknown field"),
         ({"amount": "100.00", "currency": "KZT", "expires_in": 5}, "/expires_in", "between"),
+        ({"amount": "100.00", "currency": "KZT", "expires_in": 0}, "/expires_in", "between"),
         ({"amount": "100.00", "currency": "KZT", "assets": ["BTC", "BTC"]}, "/assets", "twice"),
         (
             {"amount": "100.00", "currency": "KZT", "redirect_url": "javascript:alert(1)"},
@@ -336,7 +337,7 @@ async def test_protocol_errors_are_problem_json(gateway: Gateway) -> None:
         (await client.get("/v1/invoices?limit=1000", headers=auth), 400),
         (await client.get("/v1/invoices?status=paid", headers=auth), 400),
         (await client.get("/v1/invoices?created_gte=yesterday", headers=auth), 400),
-        (await client.get("/v1/invoices?starting_after=inv_00000000000000000000000000", headers=auth), 400),
+        (await client.get("/v1/invoices?starting_after=inv_00000000000000000000000000", headers=auth), 404),
     ]
     for response, status in cases:
         assert response.status == status, (response.url, response.status)

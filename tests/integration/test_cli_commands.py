@@ -1,0 +1,127 @@
+"""The `cryptocity` command as an operator uses it: version, migrate, merchants, serve, serve --demo."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from embit import bip32, bip39
+
+from tests.integration.gateway_process import cli_env, create_merchant, run_cli, start_gateway
+
+pytestmark = pytest.mark.integration
+
+
+def test_version_and_the_installed_console_script(tmp_path: Path) -> None:
+    result = run_cli(tmp_path, "version")
+    assert result.returncode == 0 and result.stdout.startswith("cryptocity ")
+    script = Path(sys.executable).parent / "cryptocity"
+    assert script.exists()
+    installed = subprocess.run(
+        [str(script), "version"], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert installed.stdout == result.stdout
+
+
+def test_migrate_creates_the_schema_and_is_idempotent(tmp_path: Path) -> None:
+    for _ in range(2):
+        result = run_cli(tmp_path, "migrate")
+        assert result.returncode == 0, result.stderr
+    conn = sqlite3.connect(tmp_path / "gateway.sqlite3")
+    versions = [row[0] for row in conn.execute("SELECT version FROM schema_migrations")]
+    tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    conn.close()
+    assert versions == [1]
+    assert {"merchants", "invoices", "outbox", "api_keys", "idempotency_keys"} <= tables
+
+
+def test_merchant_lifecycle_from_the_command_line(tmp_path: Path) -> None:
+    created = create_merchant(tmp_path)
+    merchant_id, key = created["merchant"]["id"], created["api_key"]
+    assert key.startswith("cc_test_")
+    stored = b"".join(p.read_bytes() for p in tmp_path.glob("gateway.sqlite3*"))
+    assert key.encode() not in stored  # only its hash is kept
+
+    listed = run_cli(tmp_path, "merchants", "list")
+    view = json.loads(listed.stdout.splitlines()[0])
+    assert view["id"] == merchant_id and view["has_btc_key"] and len(view["keys"]) == 1
+    assert "pub" not in listed.stdout  # no extended public keys printed
+
+    rotated = json.loads(run_cli(tmp_path, "merchants", "rotate-key", merchant_id).stdout)["api_key"]
+    extra = json.loads(run_cli(tmp_path, "merchants", "add-key", merchant_id).stdout)["api_key"]
+    gateway = start_gateway(tmp_path)
+    try:
+        assert gateway.request("GET", "/v1/invoices", key=key)[0] == 401  # rotated away
+        assert gateway.request("GET", "/v1/invoices", key=rotated)[0] == 200
+        assert gateway.request("GET", "/v1/invoices", key=extra)[0] == 200
+    finally:
+        assert gateway.stop() == 0
+    lookup = extra[len("cc_test_") : len("cc_test_") + 12]
+    assert run_cli(tmp_path, "merchants", "revoke-key", merchant_id, lookup).returncode == 0
+    assert run_cli(tmp_path, "merchants", "disable", merchant_id).returncode == 0
+    keys = json.loads(run_cli(tmp_path, "merchants", "list").stdout.splitlines()[0])
+    assert keys["status"] == "disabled"
+
+
+def test_bad_merchant_input_exits_with_a_reason(tmp_path: Path) -> None:
+    root = bip32.HDKey.from_seed(bip39.mnemonic_to_seed("abandon " * 11 + "about"))
+    private = root.derive("m/84h/1h/0h").to_base58()
+    result = run_cli(tmp_path, "merchants", "create", "--name", "X", "--btc-xpub", private)
+    assert result.returncode == 2 and "btc_account_key" in result.stderr and "private" in result.stderr
+    result = run_cli(
+        tmp_path,
+        "merchants",
+        "create",
+        "--name",
+        "X",
+        "--eth-xpub",
+        root.derive("m/44h/60h/0h").to_public().to_base58(),
+        "--assets",
+        "DOGE",
+    )
+    assert result.returncode == 2 and "--assets" in result.stderr
+    result = run_cli(tmp_path, "merchants", "disable", "mer_doesnotexist")
+    assert result.returncode == 1 and "not found" in result.stderr
+
+
+def test_serve_starts_with_no_configuration_and_stops_cleanly(tmp_path: Path) -> None:
+    gateway = start_gateway(tmp_path)  # empty directory, no config file, only the store path set
+    try:
+        assert gateway.base_url.startswith("http://127.0.0.1:")  # loopback by default
+        assert gateway.request("GET", "/healthz") == (200, {"status": "ok", "checks": {}})
+        assert gateway.request("GET", "/readyz")[0] == 200
+        status, spec = gateway.request("GET", "/openapi.json")
+        assert status == 200 and spec["openapi"] == "3.1.0"
+    finally:
+        assert gateway.stop() == 0
+
+
+def test_serve_demo_creates_one_demo_merchant_and_a_working_key(tmp_path: Path) -> None:
+    keys = []
+    for _ in range(2):
+        gateway = start_gateway(tmp_path, "--demo")
+        try:
+            key = gateway.banner.split("(shown once): ")[1].split()[0]
+            assert "curl -s -X POST" in gateway.banner
+            status, invoice = gateway.request(
+                "POST", "/v1/invoices", {"amount": "12500.00", "currency": "KZT"}, key
+            )
+            assert status == 201
+            assert invoice["checkout_url"].startswith(gateway.base_url + "/i/")  # the real port, not :0
+            assert [m["asset"] for m in invoice["payment_methods"]] == ["BTC", "ETH", "USDT"]
+            keys.append(key)
+        finally:
+            assert gateway.stop() == 0
+    assert keys[0] != keys[1]
+    merchants = run_cli(tmp_path, "merchants", "list").stdout.splitlines()
+    assert [json.loads(m)["name"] for m in merchants] == ["Alatau Demo Coffee"]
+
+
+def test_a_wrong_setting_stops_serve_with_one_line(tmp_path: Path) -> None:
+    result = run_cli(tmp_path, "serve", env=cli_env(tmp_path, CRYPTOCITY_SERVER__PORT="abc"))
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and "server.port" in result.stderr
