@@ -222,8 +222,8 @@ async def _python_client(port: int, key: str, seconds: float, connections: int, 
     }
 
 
-def load(port: int, key: str, seconds: float, connections: int, tag: str) -> dict[str, Any]:
-    if shutil.which("wrk"):
+def load(port: int, key: str, seconds: float, connections: int, tag: str, client: str) -> dict[str, Any]:
+    if client == "wrk" or (client == "auto" and shutil.which("wrk")):
         return {"client": "wrk", **run_wrk(port, key, seconds, connections, tag)}
     return {"client": "python-aiohttp", **asyncio.run(_python_client(port, key, seconds, connections, tag))}
 
@@ -240,9 +240,16 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="short CI run: fail only on errors")
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--connections", type=int, default=64)
-    parser.add_argument("--out", type=Path, default=RESULTS / "api_create.json")
+    parser.add_argument("--out", type=Path, help="default: bench/results/api_create[.quick].json")
+    parser.add_argument(
+        "--client",
+        choices=("auto", "wrk", "python"),
+        default="auto",
+        help="load generator: wrk if installed (auto), or the multi-connection aiohttp client",
+    )
     args = parser.parse_args()
     seconds, connections = (2.0, 16) if args.quick else (args.seconds, args.connections)
+    out = args.out or RESULTS / ("api_create.quick.json" if args.quick else "api_create.json")
     tag = str(int(time.time()))
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -260,13 +267,13 @@ def main() -> int:
             with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
                 sample = response.read()
             bare, bare_port = start_bare(len(sample))
-            load(bare_port, key, min(1.0, seconds), connections, tag + "w")  # warm-up both
-            load(gw_port, key, min(1.0, seconds), connections, tag + "w")
+            load(bare_port, key, min(1.0, seconds), connections, tag + "w", args.client)  # warm-up both
+            load(gw_port, key, min(1.0, seconds), connections, tag + "w", args.client)
             cpu0 = process_cpu_seconds(bare.pid)
-            results["bare"] = load(bare_port, key, seconds, connections, tag + "b")
+            results["bare"] = load(bare_port, key, seconds, connections, tag + "b", args.client)
             results["bare"]["server_cpu_seconds"] = process_cpu_seconds(bare.pid) - cpu0
             cpu0 = process_cpu_seconds(gateway.pid)
-            results["durable"] = load(gw_port, key, seconds, connections, tag + "d")
+            results["durable"] = load(gw_port, key, seconds, connections, tag + "d", args.client)
             results["durable"]["server_cpu_seconds"] = process_cpu_seconds(gateway.pid) - cpu0
             results["response_bytes"] = len(sample)
         finally:
@@ -293,8 +300,8 @@ def main() -> int:
             f"{r['errors']:>8}{r['server_cpu_seconds']:>8.1f}"
         )
     print(f"durable / bare throughput: {ratio:.2f}x (target >= 0.5x: {'met' if ratio >= 0.5 else 'MISSED'})")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
     errors = results["durable"]["errors"] + results["bare"]["errors"]
     if errors:
         print(f"{errors} requests failed", file=sys.stderr)
