@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any
 
 import structlog
@@ -11,9 +10,8 @@ from aiohttp import web
 from gateway import jsonutil
 from gateway.api.models import CreateInvoiceRequest
 from gateway.api.problems import FieldError, Problem
-from gateway.api.requests import query_int, read_model
+from gateway.api.requests import bad_query, query_int, query_time, read_model
 from gateway.api.state import MERCHANT_ID, SERVICE
-from gateway.clock import isoformat
 from gateway.ids import looks_like_id
 from gateway.invoices.service import (
     IdempotencyConflict,
@@ -111,14 +109,10 @@ async def list_invoices(request: web.Request) -> web.Response:
     limit = query_int(request, "limit", 20, 1, 100)
     status = request.query.get("status")
     if status is not None and status not in _STATUSES:
-        raise Problem(
-            400,
-            "Bad request",
-            f"status must be one of {', '.join(_STATUSES)}",
-            "bad-query",
-            (FieldError("?status", f"unknown status {status!r}"),),
+        raise bad_query(
+            "status", f"status must be one of {', '.join(_STATUSES)}", f"unknown status {status!r}"
         )
-    created = {name: _query_time(request, name) for name in ("created_gte", "created_lt")}
+    created = {name: query_time(request, name) for name in ("created_gte", "created_lt")}
     starting_after = request.query.get("starting_after")
     service = request.app[SERVICE]
     try:
@@ -147,25 +141,6 @@ async def list_invoices(request: web.Request) -> web.Response:
             "next_starting_after": data[-1]["id"] if has_more and data else None,
         }
     )
-
-
-def _query_time(request: web.Request, name: str) -> str | None:
-    raw = request.query.get(name)
-    if raw is None:
-        return None
-    try:
-        moment = datetime.fromisoformat(raw.replace("Z", "+00:00"))
-    except ValueError:
-        moment = None
-    if moment is None or moment.tzinfo is None:
-        raise Problem(
-            400,
-            "Bad request",
-            f"{name} must be an RFC 3339 time with a zone, e.g. 2026-11-23T00:00:00Z",
-            "bad-query",
-            (FieldError(f"?{name}", f"not a time with a zone: {raw!r}"),),
-        )
-    return isoformat(moment)
 
 
 @routes.get("/v1/invoices/{invoice_id}")

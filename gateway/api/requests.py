@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import TypeVar
 
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
 from gateway.api.problems import FieldError, Problem, validation_problem
+from gateway.clock import isoformat
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -44,16 +46,37 @@ async def read_model(request: web.Request, model: type[M]) -> tuple[M, bytes]:
         raise validation_problem(exc) from None
 
 
+def bad_query(name: str, detail: str, field_detail: str) -> Problem:
+    """A 400 for one query parameter, pointing at it as ``?name``."""
+    return Problem(400, "Bad request", detail, "bad-query", (FieldError(f"?{name}", field_detail),))
+
+
 def query_int(request: web.Request, name: str, default: int, low: int, high: int) -> int:
     raw = request.query.get(name)
     if raw is None:
         return default
     if not raw.isdigit() or not low <= int(raw) <= high:
-        raise Problem(
-            400,
-            "Bad request",
+        raise bad_query(
+            name,
             f"query parameter {name} must be an integer from {low} to {high}",
-            "bad-query",
-            (FieldError(f"?{name}", f"expected an integer from {low} to {high}, got {raw!r}"),),
+            f"expected an integer from {low} to {high}, got {raw!r}",
         )
     return int(raw)
+
+
+def query_time(request: web.Request, name: str) -> str | None:
+    """An RFC 3339 time with a zone, normalised to the store's UTC text form."""
+    raw = request.query.get(name)
+    if raw is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+    except ValueError:
+        moment = None
+    if moment is None or moment.tzinfo is None:
+        raise bad_query(
+            name,
+            f"{name} must be an RFC 3339 time with a zone, e.g. 2026-11-23T00:00:00Z",
+            f"not a time with a zone: {raw!r}",
+        )
+    return isoformat(moment)

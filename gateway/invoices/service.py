@@ -457,18 +457,16 @@ class InvoiceService:
                     raise InvoiceNotFound(starting_after)
                 where.append("(created_at < ? OR (created_at = ? AND id < ?))")
                 params += [anchor["created_at"], anchor["created_at"], anchor["id"]]
-            if status is not None:
-                where.append("status = ?")
-                params.append(status)
-            if order_id is not None:
-                where.append("order_id = ?")
-                params.append(order_id)
-            if created_gte is not None:
-                where.append("created_at >= ?")
-                params.append(created_gte)
-            if created_lt is not None:
-                where.append("created_at < ?")
-                params.append(created_lt)
+            filters = (
+                ("status = ?", status),
+                ("order_id = ?", order_id),
+                ("created_at >= ?", created_gte),
+                ("created_at < ?", created_lt),
+            )
+            for condition, value in filters:
+                if value is not None:
+                    where.append(condition)
+                    params.append(value)
             rows = await tx.fetchall(
                 f"SELECT {INVOICE_COLUMNS} FROM invoices WHERE {' AND '.join(where)}"  # noqa: S608 - fixed fragments
                 " ORDER BY created_at DESC, id DESC LIMIT ?",
