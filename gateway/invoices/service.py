@@ -37,6 +37,7 @@ from gateway.invoices.lifecycle import (
     PaymentConfirmations,
     PaymentDropped,
     PaymentSeen,
+    PaymentStatus,
     RefundHold,
     ReleaseHold,
     Status,
@@ -539,14 +540,8 @@ class InvoiceService:
                 record = await load_invoice(tx, existing["invoice_id"])
                 assert record is not None
                 known = _payment_of(record.state, fact.payment_key)
-                if known is not None and known.status.value == "dropped":
-                    event = PaymentSeen(
-                        fact.payment_key,
-                        fact.asset,
-                        fact.amount_minor,
-                        fact.confirmations,
-                        fact.rbf_signalling,
-                    )
+                if known is not None and known.status is PaymentStatus.DROPPED:
+                    event = _seen(fact)  # back after a drop (reorg, rebroadcast): the lifecycle decides
                 return await self._apply(tx, record, event, now, fact=fact)
             owner = await tx.fetchone(
                 "SELECT invoice_id FROM invoice_addresses WHERE chain = ? AND address = ?",
@@ -576,16 +571,7 @@ class InvoiceService:
                     detected_at=now,
                 ),
             )
-            event = PaymentSeen(
-                fact.payment_key,
-                fact.asset,
-                fact.amount_minor,
-                fact.confirmations,
-                fact.rbf_signalling,
-                held=not decision.accept,
-                hold_reason=decision.reason,
-            )
-            return await self._apply(tx, record, event, now, fact=fact)
+            return await self._apply(tx, record, _seen(fact, decision), now, fact=fact)
 
         return await self._store.transaction(unit)
 
@@ -692,6 +678,19 @@ class InvoiceService:
 
 def _payment_of(state: InvoiceState, payment_id: str) -> Any:
     return dict(state.payments).get(payment_id)
+
+
+def _seen(fact: PaymentFact, decision: PolicyDecision | None = None) -> PaymentSeen:
+    held = decision is not None and not decision.accept
+    return PaymentSeen(
+        fact.payment_key,
+        fact.asset,
+        fact.amount_minor,
+        fact.confirmations,
+        fact.rbf_signalling,
+        held=held,
+        hold_reason=decision.reason if held and decision is not None else None,
+    )
 
 
 def _with_state(record: InvoiceRecord, state: InvoiceState, stamp: str) -> InvoiceRecord:
