@@ -94,7 +94,9 @@ def _services_ctx(rates: RateSource | None) -> Any:
             auth_cache_seconds=cfg.merchants.auth_cache_seconds,
         )
         pool = AddressPool(btc_hrp=cfg.bitcoin.bech32_hrp, pool_size=cfg.addresses.pool_size)
-        source = rates or FixedRates(cfg.rates.fixed.kzt_per_unit)
+        # Until the rate providers land, the fixed rates are the only source; switched off, nothing prices
+        # invoices and creation answers 503 (which is what the pilot wants without a trustworthy rate).
+        source = rates or FixedRates(cfg.rates.fixed.kzt_per_unit if cfg.rates.fixed.enabled else {})
 
         async def merchant_terms(merchant_id: str) -> MerchantTerms:
             merchant = await registry.get_cached(merchant_id)
@@ -146,14 +148,20 @@ async def _outbox_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _expiry_sweeper_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Housekeeping on the domain clock: expire invoices whose time is up, forget old Idempotency-Keys."""
     service, interval = app[SERVICE], app[CONFIG].invoices.expiry_sweep_seconds
+    forget_every = max(1, round(60 / interval))  # idempotency keys: about once a minute
 
     async def sweep() -> None:
+        rounds = 0
         while True:
             try:
                 await service.expire_due()
+                if rounds % forget_every == 0:
+                    await service.forget_idempotency_keys()
             except Exception:
-                log.exception("invoices.expiry_sweep_failed")
+                log.exception("invoices.housekeeping_failed")
+            rounds += 1
             await asyncio.sleep(interval)
 
     task = asyncio.create_task(sweep(), name="expiry-sweeper")

@@ -104,7 +104,10 @@ class PaymentMethodOut(BaseModel):
     confirmations_required: int
     uri: str = Field(description="BIP21 or EIP-681 payment request.")
     qr: QrLinks
-    token_address: str | None = None
+    token_address: str | None = Field(default=None, description="ERC-20 contract (USDT only).")
+    token_symbol: str | None = Field(
+        default=None, description="The token's symbol on this chain, e.g. tUSDT."
+    )
 
 
 class PaymentOut(BaseModel):

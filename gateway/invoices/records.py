@@ -207,6 +207,7 @@ class ResourceContext:
     btc_network: str
     eth_chain_id: int
     token_address: str
+    token_symbol: str
 
 
 def invoice_resource(record: InvoiceRecord, ctx: ResourceContext) -> dict[str, Any]:
@@ -235,6 +236,7 @@ def invoice_resource(record: InvoiceRecord, ctx: ResourceContext) -> dict[str, A
                 "uri": m.uri,
                 "qr": {"png": f"{base}/qr/{m.asset.value}.png", "svg": f"{base}/qr/{m.asset.value}.svg"},
                 "token_address": ctx.token_address if m.asset is Asset.USDT else None,
+                "token_symbol": ctx.token_symbol if m.asset is Asset.USDT else None,
             }
         )
     return {

@@ -183,6 +183,7 @@ class InvoiceService:
             btc_network=config.bitcoin.network,
             eth_chain_id=config.ethereum.chain_id,
             token_address=config.ethereum.token_address,
+            token_symbol=config.ethereum.token_symbol,
         )
 
     # -- creation ----------------------------------------------------------------------------------------
@@ -504,6 +505,14 @@ class InvoiceService:
     async def refund_hold(self, invoice_id: str, payment_key: str) -> InvoiceRecord:
         return await self._change(
             invoice_id, None, lambda record: RefundHold(payment_key), payment_key=payment_key
+        )
+
+    async def forget_idempotency_keys(self) -> int:
+        """Drop Idempotency-Keys older than the retention (by the domain clock); returns how many."""
+        hours = self._config.invoices.idempotency_retention_hours
+        cutoff = isoformat(self._clock.now() - timedelta(hours=hours))
+        return await self._store.transaction(
+            lambda tx: tx.execute("DELETE FROM idempotency_keys WHERE created_at < ?", (cutoff,))
         )
 
     async def expire_due(self, limit: int = 500) -> int:

@@ -174,3 +174,12 @@ async def test_unknown_address_is_not_an_invoice_payment(make_gateway: GatewayFa
         PaymentFact(Chain.BITCOIN, "bcrt1qnotours", "04" * 32 + ":0", Asset.BTC, 1000, 0)
     )
     assert result is None
+
+
+async def test_fixed_rates_switched_off_means_no_quotes(make_gateway: GatewayFactory) -> None:
+    gateway = await make_gateway(CRYPTOCITY_RATES__FIXED__ENABLED="false")
+    response = await gateway.client.post(
+        "/v1/invoices", json={"amount": "10.00", "currency": "KZT"}, headers=gateway.auth()
+    )
+    assert response.status == 503
+    assert "Retry-After" in response.headers

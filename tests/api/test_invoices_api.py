@@ -54,6 +54,7 @@ async def test_create_gives_each_asset_a_fresh_address_exact_amount_uri_and_qr(g
     assert isinstance(token, Eip681TokenTransfer)
     assert token.to == usdt.address and token.amount_units == crypto_due(1_250_000, RATES["USDT"], 6)
     assert usdt.token_address == "0x5FbDB2315678afecb367f032d93F642f64180aa3"
+    assert usdt.token_symbol == "tUSDT" and eth.token_symbol is None
     # crypto due rounds up: worth at least the price at the locked rate
     for method in invoice.payment_methods:
         rate = Decimal(invoice.quote.rates[method.asset.value].kzt_per_unit)
@@ -377,3 +378,17 @@ async def test_health_and_readiness(gateway: Gateway) -> None:
     assert (await (await gateway.client.get("/healthz")).json())["status"] == "ok"
     ready = await gateway.client.get("/readyz")
     assert ready.status == 200 and (await ready.json())["checks"] == {"store": "ok"}
+
+
+async def test_idempotency_keys_are_forgotten_after_the_retention(gateway: Gateway) -> None:
+    headers = {**gateway.auth(), "Idempotency-Key": "old-order"}
+    payload = {"amount": "990.00", "currency": "KZT"}
+    first = await (await gateway.client.post("/v1/invoices", json=payload, headers=headers)).json()
+    gateway.clock.advance(23 * 3600)
+    assert await gateway.service.forget_idempotency_keys() == 0
+    replay = await (await gateway.client.post("/v1/invoices", json=payload, headers=headers)).json()
+    assert replay["id"] == first["id"]  # still remembered within 24 h
+    gateway.clock.advance(2 * 3600)
+    assert await gateway.service.forget_idempotency_keys() == 1
+    fresh = await gateway.client.post("/v1/invoices", json=payload, headers=headers)
+    assert fresh.status == 201 and (await fresh.json())["id"] != first["id"]  # a new invoice after expiry
