@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,6 +11,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
+from hypothesis import settings
 
 from gateway.accounts.merchants import MerchantRegistry
 from gateway.api.state import REGISTRY, SERVICE, STORE
@@ -22,6 +24,12 @@ from gateway.money import Asset
 from gateway.rates import RateSource
 from gateway.store import Store
 from sandbox.demo import demo_account_keys
+
+# CI runs property tests derandomised and without per-example deadlines, so a busy machine cannot make
+# them flaky; locally they explore new examples on every run.
+settings.register_profile("ci", derandomize=True, deadline=None, print_blob=True)
+settings.register_profile("dev", deadline=None)
+settings.load_profile("ci" if os.environ.get("CI") else "dev")
 
 # A second, unrelated key pair (BIP84 test vector mnemonic "abandon … about"), for a second merchant.
 OTHER_BTC_VPUB = "vpub5Y6cjg78GGuNLsaPhmYsiw4gYX3HoQiRBiSwDaBXKUafCt9bNwWQiitDk5VZ5BVxYnQdwoTyXSs2JHRPAgjAvtbBrf8ZhDYe2jWAqvZVnsc"
