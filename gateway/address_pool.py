@@ -1,20 +1,19 @@
-"""Addresses derived ahead of use, so invoice creation does not pay for elliptic-curve maths.
+"""Addresses derived ahead of use, and derivation indexes reserved ahead of use.
 
-The index itself is always allocated by the store (an atomic counter per account key inside the invoice's
-transaction), so uniqueness never depends on this cache; the pool only remembers what index N of a key
-derives to. After each allocation it tops itself up to ``pool_size`` addresses beyond the counter in a
-background task that yields to the event loop between derivations.
-
-``address`` is called inside store units, which the SQLite writer runs on its own thread, so the pool's
-maps are guarded by a lock and refills are scheduled onto the event loop thread-safely.
+Deriving a BIP32 child costs ~60-70 us of elliptic-curve maths and encoding. ``AddressPool`` keeps
+``pool_size`` addresses per account key ready beyond the last one handed out, refilled in the background;
+with a process executor (``addresses.derive_workers``) the maths runs on another core, so the event loop
+that serves requests only looks addresses up. Uniqueness never depends on this cache: indexes come from
+``IndexAllocator``, whose blocks are reserved in the store before use.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import threading
+import functools
 from collections import OrderedDict
+from concurrent.futures import Executor
 
 import structlog
 
@@ -25,99 +24,101 @@ from gateway.store import Store, Tx
 log = structlog.get_logger("gateway.addresses")
 
 _PoolKey = tuple[Chain, str]
+_REFILL_CHUNK = 128
+
+
+@functools.lru_cache(maxsize=1024)
+def _account(chain: Chain, account_key: str) -> BitcoinAccount | EthereumAccount:
+    return BitcoinAccount(account_key) if chain is Chain.BITCOIN else EthereumAccount(account_key)
+
+
+def derive_addresses(chain: Chain, account_key: str, hrp: str, first: int, count: int) -> list[str]:
+    """Addresses ``first .. first+count-1`` of a key; runs in a worker process (hence top level)."""
+    account = _account(chain, account_key)
+    if isinstance(account, BitcoinAccount):
+        return [account.address(index, hrp) for index in range(first, first + count)]
+    return [account.address(index) for index in range(first, first + count)]
 
 
 class AddressPool:
-    def __init__(self, *, btc_hrp: str, pool_size: int, max_accounts: int = 10_000) -> None:
+    """Ready addresses per account key. Used from the event loop only."""
+
+    def __init__(
+        self, *, btc_hrp: str, pool_size: int, executor: Executor | None = None, max_accounts: int = 10_000
+    ) -> None:
         self._hrp = btc_hrp
         self._size = pool_size
+        self._executor = executor
         self._max_accounts = max_accounts
-        self._accounts: OrderedDict[_PoolKey, BitcoinAccount | EthereumAccount] = OrderedDict()
-        self._ready: dict[_PoolKey, dict[int, str]] = {}
+        self._ready: OrderedDict[_PoolKey, dict[int, str]] = OrderedDict()
         self._wanted: dict[_PoolKey, int] = {}
         self._derived_upto: dict[_PoolKey, int] = {}
         self._refill_task: asyncio.Task[None] | None = None
-        self._lock = threading.Lock()
-        self._refill_scheduled = False
-        try:
-            self._loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
-        except RuntimeError:  # built outside a loop (the CLI): derive on demand only
-            self._loop = None
         self.hits = 0
         self.misses = 0
 
-    def _account(self, key: _PoolKey) -> BitcoinAccount | EthereumAccount:
-        account = self._accounts.get(key)
-        if account is None:
-            chain, account_key = key
-            account = BitcoinAccount(account_key) if chain is Chain.BITCOIN else EthereumAccount(account_key)
-            self._accounts[key] = account
-            if len(self._accounts) > self._max_accounts:
-                dropped, _ = self._accounts.popitem(last=False)
-                self._ready.pop(dropped, None)
-                self._derived_upto.pop(dropped, None)
-        else:
-            self._accounts.move_to_end(key)
-        return account
-
-    def _derive(self, key: _PoolKey, index: int) -> str:
-        account = self._account(key)
-        if isinstance(account, BitcoinAccount):
-            return account.address(index, self._hrp)
-        return account.address(index)
-
     def address(self, chain: Chain, account_key: str, index: int) -> str:
-        """The address at ``index``: from the pool when ready, derived now otherwise (any thread)."""
+        """The address at ``index``: from the pool when ready, derived now otherwise."""
         key = (chain, account_key)
-        with self._lock:
-            ready = self._ready.get(key)
-            address = ready.pop(index, None) if ready is not None else None
-            if address is None:
-                self.misses += 1
-                address = self._derive(key, index)
-            else:
-                self.hits += 1
-            self._want(key, index + 1)
+        ready = self._ready.get(key)
+        address = ready.pop(index, None) if ready is not None else None
+        if address is None:
+            self.misses += 1
+            address = derive_addresses(chain, account_key, self._hrp, index, 1)[0]
+        else:
+            self.hits += 1
+        self._want(key, index + 1)
         return address
 
-    def _want(self, key: _PoolKey, next_index: int) -> None:
-        """Note what should be ready (lock held) and make sure a refill runs on the event loop."""
-        if self._size <= 0 or self._loop is None:
-            return
-        self._wanted[key] = max(self._wanted.get(key, 0), next_index)
-        if not self._refill_scheduled:  # one wake-up per refill, not one per address
-            self._refill_scheduled = True
-            with contextlib.suppress(RuntimeError):  # the loop is closing: nothing left to prepare for
-                self._loop.call_soon_threadsafe(self._ensure_refill)
-
-    def _ensure_refill(self) -> None:
-        if self._refill_task is None or self._refill_task.done():
-            self._refill_task = asyncio.get_running_loop().create_task(self._refill(), name="address-pool")
+    @property
+    def ready_total(self) -> int:
+        """Addresses derived and waiting, over all keys (for metrics and tests)."""
+        return sum(len(ready) for ready in self._ready.values())
 
     def prime(self, chain: Chain, account_key: str, next_index: int) -> None:
         """Ask for addresses from ``next_index`` on (at start-up, for each key in use)."""
-        with self._lock:
-            self._want((chain, account_key), next_index)
+        self._want((chain, account_key), next_index)
+
+    def _want(self, key: _PoolKey, next_index: int) -> None:
+        if self._size <= 0:
+            return
+        self._wanted[key] = max(self._wanted.get(key, 0), next_index)
+        if self._refill_task is None or self._refill_task.done():
+            with contextlib.suppress(RuntimeError):  # no running loop (CLI use): derive on demand only
+                self._refill_task = asyncio.get_running_loop().create_task(
+                    self._refill(), name="address-pool"
+                )
 
     async def _refill(self) -> None:
-        while True:
-            with self._lock:
-                if not self._wanted:
-                    self._refill_scheduled = False
-                    return
-                key, start = self._wanted.popitem()
-                ready = self._ready.setdefault(key, {})
-                # Derive only past what was derived before: O(new addresses), not O(pool size), per refill.
-                first = max(start, self._derived_upto.get(key, 0))
-                last = start + self._size
-            for index in range(first, last):
-                with self._lock:
-                    try:
-                        ready[index] = self._derive(key, index)
-                    except ValueError:
-                        log.exception("addresses.derive_failed", chain=key[0].value, index=index)
-                        break
-                    self._derived_upto[key] = index + 1
+        loop = asyncio.get_running_loop()
+        while self._wanted:
+            key, start = self._wanted.popitem()
+            ready = self._ready.setdefault(key, {})
+            self._ready.move_to_end(key)
+            if len(self._ready) > self._max_accounts:
+                dropped, _ = self._ready.popitem(last=False)
+                self._derived_upto.pop(dropped, None)
+            # Derive only past what was derived before: O(new addresses), not O(pool size), per refill.
+            first = max(start, self._derived_upto.get(key, 0))
+            last = start + self._size
+            # In a worker, chunks amortise the hand-off; in-process, small steps keep the loop responsive.
+            chunk = _REFILL_CHUNK if self._executor is not None else 4
+            while first < last:
+                count = min(chunk, last - first)
+                try:
+                    if self._executor is not None:
+                        addresses = await loop.run_in_executor(
+                            self._executor, derive_addresses, key[0], key[1], self._hrp, first, count
+                        )
+                    else:
+                        addresses = derive_addresses(key[0], key[1], self._hrp, first, count)
+                except Exception:  # a broken worker or key: requests still derive on demand
+                    log.exception("addresses.derive_failed", chain=key[0].value, first=first)
+                    break
+                for offset, address in enumerate(addresses):
+                    ready[first + offset] = address
+                first += count
+                self._derived_upto[key] = first
                 await asyncio.sleep(0)
 
     async def close(self) -> None:

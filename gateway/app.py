@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import multiprocessing
 import sys
 from collections.abc import AsyncIterator
+from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
 import structlog
@@ -93,7 +95,15 @@ def _services_ctx(rates: RateSource | None) -> Any:
             key_environment=cfg.merchants.api_key_environment,
             auth_cache_seconds=cfg.merchants.auth_cache_seconds,
         )
-        pool = AddressPool(btc_hrp=cfg.bitcoin.bech32_hrp, pool_size=cfg.addresses.pool_size)
+        workers = None
+        if cfg.addresses.derive_workers > 0:
+            # spawn, not fork: the gateway process already runs threads (store commits, aiosqlite readers)
+            workers = ProcessPoolExecutor(
+                cfg.addresses.derive_workers, mp_context=multiprocessing.get_context("spawn")
+            )
+        pool = AddressPool(
+            btc_hrp=cfg.bitcoin.bech32_hrp, pool_size=cfg.addresses.pool_size, executor=workers
+        )
         # Until the rate providers land, the fixed rates are the only source; switched off, nothing prices
         # invoices and creation answers 503 (which is what the pilot wants without a trustworthy rate).
         source = rates or FixedRates(cfg.rates.fixed.kzt_per_unit if cfg.rates.fixed.enabled else {})
@@ -127,6 +137,8 @@ def _services_ctx(rates: RateSource | None) -> Any:
         yield
         await indexes.close()
         await pool.close()
+        if workers is not None:
+            workers.shutdown(wait=True, cancel_futures=True)
 
     return ctx
 

@@ -241,6 +241,7 @@ class MerchantsConfig(_Section):
 class AddressesConfig(_Section):
     pool_size: Annotated[int, Field(ge=0, le=100000)] = 256
     reserve_block: Annotated[int, Field(ge=1, le=1000)] = 50
+    derive_workers: Annotated[int, Field(ge=0, le=16)] = 1
 
 
 class Config(_Section):

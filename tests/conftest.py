@@ -41,6 +41,7 @@ def make_config(tmp_path: Path, **env: str) -> Config:
         "CRYPTOCITY_SERVER__PORT": "0",
         "CRYPTOCITY_LOGGING__LEVEL": "warning",
         "CRYPTOCITY_ADDRESSES__POOL_SIZE": "16",
+        "CRYPTOCITY_ADDRESSES__DERIVE_WORKERS": "0",  # in-process; one test runs the worker process
         **env,
     }
     return load_config(None, environ=environ)

@@ -14,11 +14,12 @@ from PIL import Image
 
 from gateway.addresses import BitcoinAccount, EthereumAccount
 from gateway.api.models import InvoiceList, InvoiceOut, PaymentList
+from gateway.api.state import ADDRESSES
 from gateway.invoices.service import PaymentFact
 from gateway.money import Asset, Chain, crypto_due
 from gateway.payment_uri import Bip21Request, Eip681Native, Eip681TokenTransfer, parse_payment_uri
 from sandbox.demo import demo_account_keys
-from tests.conftest import Gateway
+from tests.conftest import Gateway, GatewayFactory
 
 RATES = {"BTC": Decimal("48450000.00"), "ETH": Decimal("1683000.00"), "USDT": Decimal("510.00")}
 
@@ -169,7 +170,18 @@ async def test_racing_requests_with_one_idempotency_key_create_one_invoice(gatew
     assert len(listed["data"]) == 1
 
 
-async def test_200_concurrent_creates_never_share_an_address(gateway: Gateway) -> None:
+async def test_200_concurrent_creates_never_share_an_address(make_gateway: GatewayFactory) -> None:
+    # with the derivation worker process the production default uses
+    gateway = await make_gateway(
+        CRYPTOCITY_ADDRESSES__DERIVE_WORKERS="1", CRYPTOCITY_ADDRESSES__POOL_SIZE="64"
+    )
+    await gateway.create_invoice("1000.00")  # the first use asks the worker for addresses ahead
+    pool = gateway.app[ADDRESSES]
+    for _ in range(300):  # a liveness deadline of 30 s for the worker process to start and derive
+        if pool.ready_total >= 64:
+            break
+        await asyncio.sleep(0.1)
+    assert pool.ready_total >= 64
     responses = await asyncio.gather(
         *(
             gateway.client.post(
@@ -183,16 +195,17 @@ async def test_200_concurrent_creates_never_share_an_address(gateway: Gateway) -
     for asset in ("BTC", "ETH"):
         methods = [next(m for m in b["payment_methods"] if m["asset"] == asset) for b in bodies]
         assert len({m["address"] for m in methods}) == 200
-        assert sorted(m["derivation_index"] for m in methods) == list(range(200))
+        assert sorted(m["derivation_index"] for m in methods) == list(range(1, 201))
     btc_key, _ = demo_account_keys()
     account = BitcoinAccount(btc_key)
     for body in bodies:  # the pool never hands out an address of another index
         method = next(m for m in body["payment_methods"] if m["asset"] == "BTC")
         assert method["address"] == account.address(method["derivation_index"], "bcrt")
+    assert gateway.app[ADDRESSES].hits > 0  # the worker's addresses were used
     events = await gateway.store.read(
         lambda tx: tx.fetchone("SELECT count(*) AS n FROM outbox WHERE type = 'invoice.created'")
     )
-    assert events is not None and events["n"] == 200  # every invoice committed with its outbox event
+    assert events is not None and events["n"] == 201  # every invoice (and the first one) with its event
 
 
 async def test_cancel_and_cancel_of_a_settled_invoice(gateway: Gateway) -> None:
