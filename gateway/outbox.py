@@ -1,7 +1,8 @@
 """The transactional outbox and the consumers that read it.
 
-Every state change appends its event in the SAME store transaction as the change, so an event exists iff
-the change committed. Consumers (webhook dispatcher, ledger, audit log, metrics, checkout streams) each
+Every state change writes its event (``insert_event(tx, prepare_event(...))``) in the SAME store
+transaction as the change, so an event exists iff the change committed. Preparing (serialising) is
+separate from inserting so that hot paths can do it before their unit. Consumers (webhook dispatcher, ledger, audit log, metrics, checkout streams) each
 keep a cursor in ``consumer_cursors`` and advance it in the same transaction as their own effects, so a
 crash between reading and acting replays events rather than losing them (at-least-once; consumers make
 their effects idempotent by event id).
@@ -105,28 +106,6 @@ async def insert_event(tx: Tx, event: PreparedEvent) -> str:
         ),
     )
     return event.id
-
-
-async def append_event(
-    tx: Tx,
-    *,
-    event_type: str,
-    now: datetime,
-    data: dict[str, Any],
-    merchant_id: str | None = None,
-    invoice_id: str | None = None,
-    invoice_version: int | None = None,
-) -> str:
-    """Write one event inside the caller's transaction; returns its id."""
-    prepared = prepare_event(
-        event_type=event_type,
-        now=now,
-        data=data,
-        merchant_id=merchant_id,
-        invoice_id=invoice_id,
-        invoice_version=invoice_version,
-    )
-    return await insert_event(tx, prepared)
 
 
 def row_to_event(row: dict[str, Any] | Any) -> OutboxEvent:

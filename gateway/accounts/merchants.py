@@ -18,7 +18,7 @@ from gateway.addresses import AccountKeyError, BitcoinAccount, EthereumAccount
 from gateway.clock import Clock, isoformat
 from gateway.ids import new_id
 from gateway.money import ASSETS, Asset, Chain
-from gateway.outbox import append_event
+from gateway.outbox import insert_event, prepare_event
 from gateway.store import Row, Store, Tx
 
 
@@ -187,12 +187,14 @@ class MerchantRegistry:
                         (chain.value, account_key),
                     )
             await self._insert_key(tx, merchant.id, key, key_label, now)
-            await append_event(
+            await insert_event(
                 tx,
-                event_type="merchant.created",
-                now=now,
-                merchant_id=merchant.id,
-                data={"merchant": merchant.public_view()},
+                prepare_event(
+                    event_type="merchant.created",
+                    now=now,
+                    merchant_id=merchant.id,
+                    data={"merchant": merchant.public_view()},
+                ),
             )
 
         await self._store.transaction(unit)
@@ -262,12 +264,14 @@ class MerchantRegistry:
                     (isoformat(now), merchant_id),
                 )
             key_id = await self._insert_key(tx, merchant_id, key, label, now)
-            await append_event(
+            await insert_event(
                 tx,
-                event_type="merchant.key_rotated" if revoke_others else "merchant.key_added",
-                now=now,
-                merchant_id=merchant_id,
-                data={"key_id": key_id, "lookup": key.lookup, "revoked_keys": revoked},
+                prepare_event(
+                    event_type="merchant.key_rotated" if revoke_others else "merchant.key_added",
+                    now=now,
+                    merchant_id=merchant_id,
+                    data={"key_id": key_id, "lookup": key.lookup, "revoked_keys": revoked},
+                ),
             )
             tx.after_commit(self.auth_cache.invalidate_all)
 
@@ -284,12 +288,14 @@ class MerchantRegistry:
             )
             if not changed:
                 raise MerchantNotFound(f"no active key {lookup} for merchant {merchant_id}")
-            await append_event(
+            await insert_event(
                 tx,
-                event_type="merchant.key_revoked",
-                now=now,
-                merchant_id=merchant_id,
-                data={"lookup": lookup},
+                prepare_event(
+                    event_type="merchant.key_revoked",
+                    now=now,
+                    merchant_id=merchant_id,
+                    data={"lookup": lookup},
+                ),
             )
             tx.after_commit(self.auth_cache.invalidate_all)
 
@@ -305,7 +311,9 @@ class MerchantRegistry:
             )
             if not changed:
                 raise MerchantNotFound(merchant_id)
-            await append_event(tx, event_type="merchant.disabled", now=now, merchant_id=merchant_id, data={})
+            await insert_event(
+                tx, prepare_event(event_type="merchant.disabled", now=now, merchant_id=merchant_id, data={})
+            )
             tx.after_commit(self.auth_cache.invalidate_all)
 
         await self._store.transaction(unit)

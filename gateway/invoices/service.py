@@ -65,7 +65,7 @@ from gateway.money import (
     round_half_even_tiyn,
 )
 from gateway.money import value_in_tiyn_exact as value_exact
-from gateway.outbox import append_event, insert_event, prepare_event
+from gateway.outbox import insert_event, prepare_event
 from gateway.payment_uri import Bip21Request, Eip681Native, Eip681TokenTransfer, build_bip21, build_eip681
 from gateway.rates import RateSource
 from gateway.store import Store, Tx
@@ -661,14 +661,16 @@ class InvoiceService:
             data: dict[str, Any] = {"invoice": resource}
             if payment_id is not None and kind.startswith("payment."):
                 data["payment_key"] = payment_id
-            await append_event(
+            await insert_event(
                 tx,
-                event_type=kind,
-                now=now,
-                merchant_id=record.merchant_id,
-                invoice_id=record.id,
-                invoice_version=state.version,
-                data=data,
+                prepare_event(
+                    event_type=kind,
+                    now=now,
+                    merchant_id=record.merchant_id,
+                    invoice_id=record.id,
+                    invoice_version=state.version,
+                    data=data,
+                ),
             )
         for before, after in outcome.transitions:
             log.info(

@@ -68,14 +68,16 @@ async def test_outbox_consumer_sees_every_event_once_in_order(make_gateway: Gate
 
 async def test_a_restarted_consumer_resumes_from_its_cursor(tmp_path: Path) -> None:
     from gateway.clock import SystemClock
-    from gateway.outbox import OutboxRunner, append_event
+    from gateway.outbox import OutboxRunner, insert_event, prepare_event
 
     store = await SqliteStore.open(tmp_path / "o.sqlite3")
     clock = SystemClock()
     try:
         for i in range(5):
             await store.transaction(
-                lambda tx, i=i: append_event(tx, event_type=f"test.{i}", now=clock.now(), data={"i": i})
+                lambda tx, i=i: insert_event(
+                    tx, prepare_event(event_type=f"test.{i}", now=clock.now(), data={"i": i})
+                )
             )
         first = RecordingConsumer()
         runner = OutboxRunner(store, clock, [first], batch_size=2)
