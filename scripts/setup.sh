@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Creates .venv and installs the project with its test tools; safe to run again (does nothing if current).
+# Creates .venv and installs the project with its test tools, and installs the local chain nodes from npm
+# (node_modules, pinned by package-lock.json); safe to run again (does nothing if current).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python=${PYTHON:-python3}
@@ -14,4 +15,14 @@ if [ ! -f "$stamp" ]; then
   .venv/bin/python -m pip install --quiet -e '.[test]'
   rm -f .venv/.installed-*
   touch "$stamp"
+fi
+if ! command -v npm >/dev/null 2>&1; then
+  echo "cryptocity needs Node.js and npm for its local chain nodes (bcoin); install them first" >&2
+  exit 1
+fi
+node_stamp=node_modules/.installed-$(sha256sum package-lock.json | cut -c1-16)
+if [ ! -f "$node_stamp" ]; then
+  # .npmrc sets nodedir=/usr so bcoin's native module compiles against the local Node headers offline
+  npm ci --no-audit --no-fund --loglevel=error
+  touch "$node_stamp"
 fi

@@ -185,7 +185,8 @@ class BitcoinRpc:
         try:
             entry = await self.call("getmempoolentry", txid)
         except RpcError as exc:
-            if exc.code == -5:  # "Transaction not in mempool" on both nodes
+            # Bitcoin Core: -5 "Transaction not in mempool"; bcoin: -1 "Transaction not in mempool."
+            if exc.code == -5 or "not in mempool" in exc.message.lower():
                 return None
             raise
         return entry if isinstance(entry, dict) else None

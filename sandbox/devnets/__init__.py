@@ -1,0 +1,1 @@
+"""Local chains for tests, demos and the city simulation, started and stopped by their own PIDs."""
