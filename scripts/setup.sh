@@ -23,6 +23,6 @@ fi
 node_stamp=node_modules/.installed-$(sha256sum package-lock.json | cut -c1-16)
 if [ ! -f "$node_stamp" ]; then
   # .npmrc sets nodedir=/usr so bcoin's native module compiles against the local Node headers offline
-  npm ci --no-audit --no-fund --loglevel=error
+  npm_config_nodedir=${npm_config_nodedir:-/usr} npm ci --no-audit --no-fund --loglevel=error
   touch "$node_stamp"
 fi
