@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import signal
 import socket
@@ -19,6 +20,7 @@ from pathlib import Path
 from aiohttp import web
 
 from gateway.accounts.merchants import MerchantError, MerchantNotFound, MerchantRegistry
+from gateway.addresses import BitcoinAccount
 from gateway.app import create_app
 from gateway.clock import SystemClock
 from gateway.config import Config, ConfigError, default_config_path, load_config
@@ -26,6 +28,7 @@ from gateway.logging import configure_logging
 from gateway.money import Asset
 from gateway.store import SqliteStore, StoreError, open_store
 from sandbox.demo import DEMO_MERCHANT_NAME, demo_account_keys
+from sandbox.devnets.bitcoin import REGTEST_HRP, SEGWIT_HEIGHT, BitcoinDevnet, DevnetError
 
 
 def _version() -> str:
@@ -48,6 +51,13 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--demo", action="store_true", help="create a demo merchant and print what to curl")
 
     sub.add_parser("migrate", help="apply database migrations and exit")
+
+    devnet = sub.add_parser("devnet", help="run a local chain node for development")
+    dsub = devnet.add_subparsers(dest="chain", required=True)
+    btc = dsub.add_parser("bitcoin", help="a bcoin regtest node on loopback, mined to segwit activation")
+    btc.add_argument("--port", type=int, help="RPC port (default: a free one)")
+    btc.add_argument("--mine-every", type=float, default=0.0, help="mine a block every N seconds (0: never)")
+    btc.add_argument("--address", help="coinbase address (default: the demo key's first rb1 address)")
     sub.add_parser("version", help="print the version")
 
     merchants = sub.add_parser("merchants", help="manage merchants and their API keys")
@@ -93,12 +103,50 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_serve(config, demo=args.demo))
         if args.command == "migrate":
             return asyncio.run(_migrate(config))
+        if args.command == "devnet":
+            return asyncio.run(_devnet_bitcoin(args))
         return asyncio.run(_merchants(config, args))
     except StoreError as exc:
         print(f"store error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
+
+
+async def _devnet_bitcoin(args: argparse.Namespace) -> int:
+    address = args.address or BitcoinAccount(demo_account_keys()[0]).address(0, REGTEST_HRP)
+    devnet = BitcoinDevnet(port=args.port)
+    try:
+        await devnet.start()
+    except DevnetError as exc:
+        print(f"devnet: {exc}", file=sys.stderr)
+        return 1
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await devnet.mine(SEGWIT_HEIGHT, address)
+        print(
+            f"bitcoin regtest node (bcoin, pid {devnet.pid}) at {devnet.url}\n"
+            f"  RPC user: any, password (api key): {devnet.api_key}\n"
+            f"  mined {SEGWIT_HEIGHT} blocks to {address} (segwit active); addresses start with {REGTEST_HRP}1\n"
+            f"  gateway: CRYPTOCITY_BITCOIN__HRP={REGTEST_HRP}\n"
+            "Stop with Ctrl-C.",
+            flush=True,
+        )
+        while not stop.is_set():
+            if args.mine_every > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=args.mine_every)
+                if not stop.is_set():
+                    mined = await devnet.mine(1, address)
+                    print(f"mined {mined[0]}", flush=True)
+            else:
+                await stop.wait()
+    finally:
+        await devnet.stop()
+    return 0
 
 
 async def _migrate(config: Config) -> int:

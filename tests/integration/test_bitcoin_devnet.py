@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -12,6 +20,7 @@ from gateway.chains.bitcoin_blocks import block_facts, parse_block, parse_transa
 from gateway.chains.bitcoin_rpc import RpcError
 from sandbox.demo import demo_account_keys
 from sandbox.devnets.bitcoin import REGTEST_HRP, BitcoinDevnet
+from tests.integration.gateway_process import cli_env
 
 pytestmark = pytest.mark.integration
 
@@ -49,3 +58,44 @@ async def test_real_node_blocks_parse_and_match_watched_scripts(tmp_path: Path) 
     assert pid is not None
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)  # stopped by its PID
+
+
+def test_devnet_command_mines_to_segwit_and_on_a_schedule(tmp_path: Path) -> None:
+
+    process = subprocess.Popen(
+        [sys.executable, "-u", "-m", "sandbox.cli", "devnet", "bitcoin", "--mine-every", "0.3"],
+        env=cli_env(tmp_path),
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stdout is not None
+    try:
+        banner = ""
+        deadline = time.monotonic() + 60
+        while "Stop with Ctrl-C" not in banner and time.monotonic() < deadline:
+            line = process.stdout.readline()
+            if not line:
+                break
+            banner += line
+        match = re.search(
+            r"pid (\d+)\) at (http://127\.0\.0\.1:\d+/)\n\s+RPC user: any, password \(api key\): (\w+)",
+            banner,
+        )
+        assert match is not None, banner + (process.stderr.read() if process.poll() is not None else "")
+        node_pid, url, api_key = int(match.group(1)), match.group(2), match.group(3)
+        mined_line = process.stdout.readline()  # one scheduled block
+        assert mined_line.startswith("mined ")
+        request = urllib.request.Request(url, data=b'{"method":"getblockcount","params":[]}', method="POST")  # noqa: S310
+        request.add_header("Authorization", "Basic " + base64.b64encode(f"x:{api_key}".encode()).decode())
+        with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310 - loopback
+            assert int(json.loads(response.read())["result"]) >= 433
+    finally:
+        process.send_signal(signal.SIGTERM)
+        code = process.wait(timeout=30)
+        process.stdout.close()
+        process.stderr.close()  # type: ignore[union-attr]
+    assert code == 0
+    with pytest.raises(ProcessLookupError):
+        os.kill(node_pid, 0)  # the node went down with the command
