@@ -13,8 +13,10 @@ import multiprocessing
 import sys
 from collections.abc import AsyncIterator
 from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
 from typing import Any
 
+import aiohttp
 import structlog
 from aiohttp import web
 
@@ -24,12 +26,25 @@ from gateway.api import health, invoices
 from gateway.api.middleware import merchant_auth_middleware, request_context_middleware
 from gateway.api.openapi import build_openapi
 from gateway.api.problems import MAX_BODY_KEY, problem_middleware
-from gateway.api.state import ADDRESSES, CLOCK, CONFIG, EXTENSIONS, OUTBOX, REGISTRY, SERVICE, STORE
+from gateway.api.state import (
+    ADDRESSES,
+    CLOCK,
+    CONFIG,
+    EXTENSIONS,
+    OUTBOX,
+    REGISTRY,
+    SERVICE,
+    STORE,
+    WATCHERS,
+)
+from gateway.chains.bitcoin import BitcoinWatcher, WatcherSettings
+from gateway.chains.bitcoin_rpc import BitcoinRpc, RpcEndpoint
+from gateway.chains.chain_state import ChainState
 from gateway.clock import Clock, SystemClock
 from gateway.config import Config
 from gateway.extensions import Extensions
 from gateway.invoices.service import InvoiceService, MerchantTerms
-from gateway.money import Chain
+from gateway.money import Asset, Chain
 from gateway.outbox import OutboxRunner
 from gateway.rates import FixedRates, RateSource
 from gateway.store import Store, open_store
@@ -59,6 +74,7 @@ def create_app(
     app.cleanup_ctx.append(_services_ctx(rates))
     app.cleanup_ctx.append(_outbox_ctx)
     app.cleanup_ctx.append(_expiry_sweeper_ctx)
+    app.cleanup_ctx.append(_bitcoin_watcher_ctx)
     app.add_routes(invoices.routes)
     app.add_routes(health.routes)
     openapi = build_openapi(ext.routes, invoices=config.invoices)
@@ -181,3 +197,45 @@ async def _expiry_sweeper_ctx(app: web.Application) -> AsyncIterator[None]:
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
+
+
+def bitcoin_watcher_settings(cfg: Config) -> WatcherSettings:
+    """The watcher's settings from config.toml; it follows confirmations as deep as any BTC rule needs."""
+    deepest = max((r.confirmations for r in cfg.confirmations.rules if r.asset is Asset.BTC), default=1)
+    watcher = cfg.bitcoin.watcher
+    return WatcherSettings(
+        hrp=cfg.bitcoin.bech32_hrp,
+        network=cfg.bitcoin.network,
+        allow_mainnet=cfg.bitcoin.allow_mainnet,
+        genesis_hash=watcher.genesis_hash,
+        poll_interval_seconds=watcher.poll_interval_seconds,
+        start_height=watcher.start_height,
+        confirmation_depth=max(deepest + 1, 6),
+        fetch_batch=watcher.fetch_batch,
+    )
+
+
+async def _bitcoin_watcher_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The Bitcoin watcher, when config.toml names a node (bitcoin.rpc.url); otherwise nothing runs."""
+    cfg = app[CONFIG]
+    app[WATCHERS] = {}
+    rpc_cfg = cfg.bitcoin.rpc
+    if not rpc_cfg.url:
+        yield
+        return
+    if rpc_cfg.cookie_file:
+        endpoint = RpcEndpoint.from_cookie(rpc_cfg.url, Path(rpc_cfg.cookie_file))
+    else:
+        endpoint = RpcEndpoint(rpc_cfg.url, rpc_cfg.user, rpc_cfg.password)
+    session = aiohttp.ClientSession()
+    rpc = BitcoinRpc(session, endpoint, timeout_seconds=rpc_cfg.timeout_seconds, retries=rpc_cfg.retries)
+    state = ChainState(app[STORE], Chain.BITCOIN, keep=cfg.bitcoin.watcher.recent_blocks)
+    watcher = BitcoinWatcher(rpc, state, app[SERVICE], bitcoin_watcher_settings(cfg))
+    app[WATCHERS]["bitcoin"] = watcher
+    task = asyncio.create_task(watcher.run(), name="bitcoin-watcher")
+    log.info("bitcoin.watcher_configured", url=rpc_cfg.url, network=cfg.bitcoin.network)
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    await session.close()

@@ -116,11 +116,46 @@ class AssetsConfig(_Section):
 _BTC_DEFAULT_HRP = {"mainnet": "bc", "testnet": "tb", "testnet4": "tb", "signet": "tb", "regtest": "bcrt"}
 
 
+class BitcoinRpcConfig(_Section):
+    """How to reach the node's JSON-RPC (Bitcoin Core or bcoin); an empty url runs no Bitcoin watcher."""
+
+    url: str = ""
+    user: str = ""
+    password: str = Field(default="", repr=False)
+    cookie_file: str = ""
+    timeout_seconds: Annotated[float, Field(gt=0)] = 10.0
+    retries: Annotated[int, Field(ge=0, le=20)] = 3
+
+    @field_validator("url")
+    @classmethod
+    def _valid_url(cls, value: str) -> str:
+        if value and not value.startswith(("http://", "https://")):
+            raise ValueError('expected an http:// or https:// URL such as "http://127.0.0.1:18443/"')
+        return value
+
+
+class BitcoinWatcherConfig(_Section):
+    poll_interval_seconds: Annotated[float, Field(gt=0, le=60)] = 1.0
+    start_height: int = -1
+    recent_blocks: Annotated[int, Field(ge=10, le=10000)] = 100
+    fetch_batch: Annotated[int, Field(ge=1, le=1000)] = 100
+    genesis_hash: str = ""
+
+    @field_validator("genesis_hash")
+    @classmethod
+    def _valid_hash(cls, value: str) -> str:
+        if value and (len(value) != 64 or any(c not in "0123456789abcdef" for c in value)):
+            raise ValueError("expected 64 lower-case hex digits (the node's getblockhash 0)")
+        return value
+
+
 class BitcoinConfig(_Section):
     network: Literal["mainnet", "testnet", "testnet4", "signet", "regtest"] = "regtest"
     hrp: str = ""
     allow_mainnet: bool = False
     dust_limit_sat: Annotated[int, Field(ge=0)] = 294
+    rpc: BitcoinRpcConfig = Field(default_factory=BitcoinRpcConfig)
+    watcher: BitcoinWatcherConfig = Field(default_factory=BitcoinWatcherConfig)
 
     @field_validator("hrp")
     @classmethod

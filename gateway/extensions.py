@@ -55,6 +55,9 @@ class DetectedPayment:
     value_tiyn: int  # tenge value at the invoice's locked quote, half-even
     payer: str | None  # script hex or address of the sender, when the watcher could tell
     detected_at: datetime
+    # Every distinct owner the watcher recovered from the inputs (Bitcoin: P2WPKH scripts as hex), in input
+    # order; more than one means the payment was funded by several wallets.
+    payer_scripts: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

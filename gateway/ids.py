@@ -45,3 +45,8 @@ def new_id(prefix: str) -> str:
 def looks_like_id(text: str, prefix: str) -> bool:
     body = text.removeprefix(f"{prefix}_")
     return body != text and len(body) == 26 and all(c in _ALPHABET for c in body)
+
+
+def id_floor(prefix: str, unix_ms: int) -> str:
+    """The smallest id of type ``prefix`` created at or after ``unix_ms`` (for "created since" range scans)."""
+    return f"{prefix}_{_encode(max(0, unix_ms), _TIME_CHARS)}"

@@ -21,6 +21,8 @@ REGISTRY = web.AppKey("registry", MerchantRegistry)
 ADDRESSES = web.AppKey("addresses", AddressPool)
 SERVICE = web.AppKey("service", InvoiceService)
 OUTBOX = web.AppKey("outbox", OutboxRunner)
+# Chain watchers running in this process, by chain name ("bitcoin"); /readyz reports their health.
+WATCHERS = web.AppKey("watchers", dict)
 
 # Per-request values.
 MERCHANT_ID = web.RequestKey("merchant_id", str)

@@ -145,6 +145,7 @@ class PaymentFact:
     confirmations: int
     rbf_signalling: bool = False
     payer: str | None = None
+    payer_scripts: tuple[str, ...] = ()
     block_hash: str | None = None
     block_height: int | None = None
 
@@ -578,6 +579,7 @@ class InvoiceService:
                     value_tiyn=value,
                     payer=fact.payer,
                     detected_at=now,
+                    payer_scripts=fact.payer_scripts,
                 ),
             )
             return await self._apply(tx, record, _seen(fact, decision), now, fact=fact)
@@ -661,6 +663,8 @@ class InvoiceService:
             data: dict[str, Any] = {"invoice": resource}
             if payment_id is not None and kind.startswith("payment."):
                 data["payment_key"] = payment_id
+            if kind == "payment.dropped" and isinstance(event, PaymentDropped):
+                data["reason"] = event.reason.value  # replaced, evicted, reorged_out or double_spent
             await insert_event(
                 tx,
                 prepare_event(
