@@ -371,7 +371,9 @@ class BitcoinWatcher:
         """Payments recorded in blocks that left the main chain: back to the mempool, or dropped."""
         if not self._chain:
             return
-        stale = await self._state.stale_payments(min(self._chain), self._tip.height)
+        # No upper bound: after a sync every stored height up to the node's tip has its row, so a payment above
+        # the tip belongs to blocks the node no longer has.
+        stale = await self._state.stale_payments(min(self._chain), None)
         if not stale:
             return
         in_mempool = {str(t) for t in await self._node.call("getrawmempool")}

@@ -122,15 +122,17 @@ class ChainState:
         """Followed payments mined at ``height`` or above (the ones whose confirmations still change)."""
         return await self._payments("p.block_height >= ?", (height,))
 
-    async def stale_payments(self, lowest: int, highest: int) -> list[TrackedPayment]:
-        """Followed payments mined between the heights whose block is not (or no longer) the stored one.
+    async def stale_payments(self, lowest: int, highest: int | None) -> list[TrackedPayment]:
+        """Followed payments mined from ``lowest`` (to ``highest``) whose block is not the stored one there.
 
-        Only heights the watcher has stored are judged, so a payment recorded for a block whose own row had
-        not been written yet when the process died is not mistaken for a reorged one.
+        Call it only when the stored chain reaches the node's tip: a payment recorded for a block whose own
+        row was not written yet (the process died in between) would look stale before its block is applied
+        again.
         """
+        bound = "" if highest is None else " AND p.block_height <= ?"
         return await self._payments(
-            "p.block_height BETWEEN ? AND ? AND (b.hash IS NULL OR b.hash <> p.block_hash)",
-            (lowest, highest),
+            f"p.block_height >= ?{bound} AND (b.hash IS NULL OR b.hash <> p.block_hash)",
+            (lowest,) if highest is None else (lowest, highest),
             join_blocks=True,
         )
 
@@ -161,8 +163,10 @@ class ChainState:
         """
         rows = await self._store.read(
             lambda tx: tx.fetchall(
-                "SELECT address, invoice_id FROM invoice_addresses WHERE chain = ? AND invoice_id >= ?",
-                (self.chain.value, invoice_id_floor),
+                # "(chain || '')" keeps the planner on the invoice-id index: left to itself, SQLite picks the
+                # (chain, account_key, index) key and reads every address of the chain at every poll.
+                "SELECT address, invoice_id FROM invoice_addresses WHERE invoice_id >= ? AND (chain || '') = ?",
+                (invoice_id_floor, self.chain.value),
             )
         )
         return [(r["address"], r["invoice_id"]) for r in rows]

@@ -309,3 +309,17 @@ async def test_mempool_transactions_are_fetched_once(gateway: Gateway) -> None:
     await watcher.poll_once()
     await watcher.poll_once()
     assert node.calls.count("getrawtransaction") == fetched
+
+
+async def test_a_node_whose_chain_got_shorter_retracts_payments_above_its_tip(gateway: Gateway) -> None:
+    node = FakeNode()
+    watcher = make_watcher(gateway, node)
+    await watcher.poll_once()
+    invoice_id, script, due = await btc_invoice(gateway, MEDIUM)
+    node.mine([payment_tx([(script, due)])])
+    await watcher.poll_once()
+    assert (await invoice(gateway, invoice_id))["status"] == "settled"
+    node.main.pop()  # e.g. a node restarted from an older snapshot: the block is simply gone
+    await watcher.poll_once()
+    assert (await invoice(gateway, invoice_id))["status"] == "reversed"
+    assert await drop_reasons(gateway, invoice_id) == ["reorged_out"]
