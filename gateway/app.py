@@ -194,6 +194,11 @@ async def _expiry_sweeper_ctx(app: web.Application) -> AsyncIterator[None]:
 
     task = asyncio.create_task(sweep(), name="expiry-sweeper")
     yield
+    await _cancel(task)
+
+
+async def _cancel(task: asyncio.Task[None]) -> None:
+    """Stop a background loop and wait until it has unwound."""
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
@@ -235,7 +240,5 @@ async def _bitcoin_watcher_ctx(app: web.Application) -> AsyncIterator[None]:
     task = asyncio.create_task(watcher.run(), name="bitcoin-watcher")
     log.info("bitcoin.watcher_configured", url=rpc_cfg.url, network=cfg.bitcoin.network)
     yield
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    await _cancel(task)
     await session.close()

@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import secrets
 import signal
 import socket
 import sys
@@ -18,17 +19,18 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from aiohttp import web
+from embit import bip39
 
 from gateway.accounts.merchants import MerchantError, MerchantNotFound, MerchantRegistry
-from gateway.addresses import BitcoinAccount
 from gateway.app import create_app
 from gateway.clock import SystemClock
 from gateway.config import Config, ConfigError, default_config_path, load_config
 from gateway.logging import configure_logging
-from gateway.money import Asset
+from gateway.money import AmountError, Asset, format_minor_units, parse_decimal_amount
 from gateway.store import SqliteStore, StoreError, open_store
 from sandbox.demo import DEMO_MERCHANT_NAME, demo_account_keys
 from sandbox.devnets.bitcoin import REGTEST_HRP, SEGWIT_HEIGHT, BitcoinDevnet, DevnetError
+from wallets.bitcoin import BitcoinWallet, WalletError
 
 
 def _version() -> str:
@@ -57,7 +59,14 @@ def _parser() -> argparse.ArgumentParser:
     btc = dsub.add_parser("bitcoin", help="a bcoin regtest node on loopback, mined to segwit activation")
     btc.add_argument("--port", type=int, help="RPC port (default: a free one)")
     btc.add_argument("--mine-every", type=float, default=0.0, help="mine a block every N seconds (0: never)")
-    btc.add_argument("--address", help="coinbase address (default: the demo key's first rb1 address)")
+    btc.add_argument("--address", help="coinbase address for scheduled blocks (default: the faucet's)")
+    btc.add_argument(
+        "--fund",
+        action="append",
+        default=[],
+        metavar="ADDRESS=BTC",
+        help="send BTC to an rb1 address from the faucet at start (repeatable), e.g. rb1q...=0.5",
+    )
     sub.add_parser("version", help="print the version")
 
     merchants = sub.add_parser("merchants", help="manage merchants and their API keys")
@@ -113,8 +122,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
+def _parse_funding(items: list[str]) -> list[tuple[str, int]]:
+    """``ADDRESS=BTC`` pairs into (address, satoshi); a bad pair is a usage error naming it."""
+    funding = []
+    for item in items:
+        address, sep, amount = item.partition("=")
+        try:
+            if not sep:
+                raise AmountError("expected ADDRESS=BTC")
+            funding.append((address, parse_decimal_amount(amount, 8)))
+        except AmountError as exc:
+            raise SystemExit(f"devnet: --fund {item!r}: {exc}") from None
+    return funding
+
+
 async def _devnet_bitcoin(args: argparse.Namespace) -> int:
-    address = args.address or BitcoinAccount(demo_account_keys()[0]).address(0, REGTEST_HRP)
+    funding = _parse_funding(args.fund)
+    # The faucet is a throw-away regtest wallet: it receives the start-up coinbases and funds --fund.
+    faucet = BitcoinWallet.from_mnemonic(bip39.mnemonic_from_bytes(secrets.token_bytes(16)), REGTEST_HRP)
+    address = args.address or faucet.address(0)
     devnet = BitcoinDevnet(port=args.port)
     try:
         await devnet.start()
@@ -126,12 +152,28 @@ async def _devnet_bitcoin(args: argparse.Namespace) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     try:
-        await devnet.mine(SEGWIT_HEIGHT, address)
+        await devnet.fund(faucet)
+        assert devnet.rpc is not None
+        funded = []
+        for target, amount_sat in funding:
+            try:
+                payment = await faucet.pay(devnet.rpc, target, amount_sat)
+            except (WalletError, ValueError) as exc:
+                print(f"devnet: cannot fund {target}: {exc}", file=sys.stderr)
+                return 2
+            funded.append(f"  funded {target} with {format_minor_units(amount_sat, 8)} BTC ({payment.txid})")
+        if funded:
+            await devnet.mine(1, address)
         print(
             f"bitcoin regtest node (bcoin, pid {devnet.pid}) at {devnet.url}\n"
             f"  RPC user: any, password (api key): {devnet.api_key}\n"
-            f"  mined {SEGWIT_HEIGHT} blocks to {address} (segwit active); addresses start with {REGTEST_HRP}1\n"
-            f"  gateway: CRYPTOCITY_BITCOIN__HRP={REGTEST_HRP}\n"
+            f"  mined {SEGWIT_HEIGHT} blocks to the faucet {faucet.address(0)} (segwit active); "
+            f"addresses start with {REGTEST_HRP}1\n"
+            + "".join(line + "\n" for line in funded)
+            + f"  gateway: CRYPTOCITY_BITCOIN__HRP={REGTEST_HRP} CRYPTOCITY_BITCOIN__RPC__URL={devnet.url} "
+            f"CRYPTOCITY_BITCOIN__RPC__PASSWORD={devnet.api_key}\n"
+            f'  mine on demand: POST {{"method": "generatetoaddress", "params": [1, "{address}"]}}'
+            " to the RPC URL\n"
             "Stop with Ctrl-C.",
             flush=True,
         )

@@ -33,7 +33,6 @@ Matching is a dict lookup per output, so the cost of a block does not depend on 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -527,8 +526,3 @@ def _outpoints(tx: CTransaction) -> frozenset[Outpoint]:
         (bytes(txin.prevout.hash), int(txin.prevout.n)) for txin in tx.vin if not txin.prevout.is_null()
     )
 
-
-async def stop_task(task: asyncio.Task[None]) -> None:
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task

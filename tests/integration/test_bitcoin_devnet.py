@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.addresses import BitcoinAccount
+from gateway.addresses import BitcoinAccount, btc_script_for_address
 from gateway.chains.bitcoin_blocks import block_facts, parse_block, parse_transaction, transaction_facts
 from gateway.chains.bitcoin_rpc import RpcError
 from sandbox.demo import demo_account_keys
@@ -60,10 +60,21 @@ async def test_real_node_blocks_parse_and_match_watched_scripts(tmp_path: Path) 
         os.kill(pid, 0)  # stopped by its PID
 
 
-def test_devnet_command_mines_to_segwit_and_on_a_schedule(tmp_path: Path) -> None:
-
+def test_devnet_command_mines_to_segwit_funds_and_mines_on_a_schedule(tmp_path: Path) -> None:
+    funded_address = BitcoinAccount(demo_account_keys()[0]).address(7, REGTEST_HRP)
     process = subprocess.Popen(
-        [sys.executable, "-u", "-m", "sandbox.cli", "devnet", "bitcoin", "--mine-every", "0.3"],
+        [
+            sys.executable,
+            "-u",
+            "-m",
+            "sandbox.cli",
+            "devnet",
+            "bitcoin",
+            "--mine-every",
+            "0.3",
+            "--fund",
+            f"{funded_address}=0.5",
+        ],
         env=cli_env(tmp_path),
         cwd=tmp_path,
         stdout=subprocess.PIPE,
@@ -90,7 +101,16 @@ def test_devnet_command_mines_to_segwit_and_on_a_schedule(tmp_path: Path) -> Non
         request = urllib.request.Request(url, data=b'{"method":"getblockcount","params":[]}', method="POST")  # noqa: S310
         request.add_header("Authorization", "Basic " + base64.b64encode(f"x:{api_key}".encode()).decode())
         with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310 - loopback
-            assert int(json.loads(response.read())["result"]) >= 433
+            assert int(json.loads(response.read())["result"]) >= 434
+        funded = re.search(rf"funded {funded_address} with 0\.5 BTC \((\w{{64}})\)", banner)
+        assert funded is not None, banner
+        body = json.dumps({"method": "getrawtransaction", "params": [funded.group(1), False]}).encode()
+        request = urllib.request.Request(url, data=body, method="POST")  # noqa: S310
+        request.add_header("Authorization", "Basic " + base64.b64encode(f"x:{api_key}".encode()).decode())
+        with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310 - loopback
+            tx = parse_transaction(bytes.fromhex(json.loads(response.read())["result"]))
+        script = btc_script_for_address(funded_address, REGTEST_HRP)
+        assert [int(o.nValue) for o in tx.vout if bytes(o.scriptPubKey) == script] == [50_000_000]
     finally:
         process.send_signal(signal.SIGTERM)
         code = process.wait(timeout=30)

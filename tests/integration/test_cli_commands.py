@@ -35,8 +35,8 @@ def test_migrate_creates_the_schema_and_is_idempotent(tmp_path: Path) -> None:
     versions = [row[0] for row in conn.execute("SELECT version FROM schema_migrations")]
     tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     conn.close()
-    assert versions == [1]
-    assert {"merchants", "invoices", "outbox", "api_keys", "idempotency_keys"} <= tables
+    assert versions == [1, 2]
+    assert {"merchants", "invoices", "outbox", "api_keys", "idempotency_keys", "chain_blocks"} <= tables
 
 
 def test_merchant_lifecycle_from_the_command_line(tmp_path: Path) -> None:
