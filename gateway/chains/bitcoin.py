@@ -290,6 +290,12 @@ class BitcoinWatcher:
                 await self._state.disconnect_above(fork)
                 for height in [h for h in self._chain if h > fork]:
                     del self._chain[height]
+                if not self._chain:  # the fork is below the stored window: re-anchor on the node's block
+                    anchor_hash = str(await self._node.call("getblockhash", fork))
+                    anchor = await self._fetch_block(anchor_hash)
+                    base = StoredBlock(fork, anchor_hash, b2lx(anchor.hashPrevBlock))
+                    await self._state.connect(base)
+                    self._chain[fork] = base
             if await self._connect_range(fork + 1, target):
                 break
             # the node's chain moved under us (a block we fetched does not extend ours): look again

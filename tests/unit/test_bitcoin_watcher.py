@@ -323,3 +323,17 @@ async def test_a_node_whose_chain_got_shorter_retracts_payments_above_its_tip(ga
     await watcher.poll_once()
     assert (await invoice(gateway, invoice_id))["status"] == "reversed"
     assert await drop_reasons(gateway, invoice_id) == ["reorged_out"]
+
+
+async def test_a_reorg_deeper_than_the_stored_window_re_anchors_and_goes_on(gateway: Gateway) -> None:
+    node = FakeNode()
+    watcher = make_watcher(gateway, node, keep=3)
+    for _ in range(5):
+        node.mine([])
+    await watcher.poll_once()
+    invoice_id, script, due = await btc_invoice(gateway, MEDIUM)
+    node.reorg(5, [[], [], [], [], [payment_tx([(script, due)])], []])  # replaces every stored height
+    await watcher.poll_once()
+    assert (await invoice(gateway, invoice_id))["status"] == "settled"
+    stored = await ChainState(gateway.store, Chain.BITCOIN).recent_blocks()
+    assert [b.hash for b in stored] == node.main[-3:]
