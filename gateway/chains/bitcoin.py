@@ -531,4 +531,3 @@ def _outpoints(tx: CTransaction) -> frozenset[Outpoint]:
     return frozenset(
         (bytes(txin.prevout.hash), int(txin.prevout.n)) for txin in tx.vin if not txin.prevout.is_null()
     )
-
