@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import multiprocessing
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -19,6 +19,7 @@ from typing import Any
 import aiohttp
 import structlog
 from aiohttp import web
+from web3 import AsyncHTTPProvider, AsyncWeb3
 
 from gateway.accounts.merchants import MerchantRegistry
 from gateway.address_pool import AddressPool, IndexAllocator
@@ -37,9 +38,11 @@ from gateway.api.state import (
     STORE,
     WATCHERS,
 )
-from gateway.chains.bitcoin import BitcoinWatcher, WatcherSettings
-from gateway.chains.bitcoin_rpc import BitcoinRpc, RpcEndpoint
+from gateway.chains.bitcoin import BitcoinWatcher, WatcherSettings, check_bitcoin_node
+from gateway.chains.bitcoin_rpc import BitcoinRpc, RpcEndpoint, RpcUnavailable
 from gateway.chains.chain_state import ChainState
+from gateway.chains.ethereum import EthereumSettings, EthereumWatcher, check_ethereum_node
+from gateway.chains.watcher import WatcherRefused
 from gateway.clock import Clock, SystemClock
 from gateway.config import Config
 from gateway.extensions import Extensions
@@ -70,11 +73,13 @@ def create_app(
     app[CLOCK] = clock or SystemClock()
     app[EXTENSIONS] = ext
     app[MAX_BODY_KEY] = config.server.max_body_bytes
+    app.cleanup_ctx.append(_chain_guard_ctx)
     app.cleanup_ctx.append(_store_ctx(store))
     app.cleanup_ctx.append(_services_ctx(rates))
     app.cleanup_ctx.append(_outbox_ctx)
     app.cleanup_ctx.append(_expiry_sweeper_ctx)
     app.cleanup_ctx.append(_bitcoin_watcher_ctx)
+    app.cleanup_ctx.append(_ethereum_watcher_ctx)
     app.add_routes(invoices.routes)
     app.add_routes(health.routes)
     openapi = build_openapi(ext.routes, invoices=config.invoices)
@@ -220,20 +225,62 @@ def bitcoin_watcher_settings(cfg: Config) -> WatcherSettings:
     )
 
 
+async def _chain_guard_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Refuse to start against a node on another chain (or on mainnet), before anything is opened.
+
+    It runs first, so a refusal leaves no store, worker process or task behind. A node that does not answer
+    now is no reason to refuse: its watcher checks again before its first block, and /readyz reports it.
+    """
+    cfg = app[CONFIG]
+    if cfg.bitcoin.rpc.url:
+        try:
+            endpoint = _bitcoin_endpoint(cfg)
+        except RpcUnavailable as exc:  # an unreadable cookie file: nothing could ever authenticate
+            raise WatcherRefused(str(exc)) from None
+        async with aiohttp.ClientSession() as session:
+            rpc = BitcoinRpc(session, endpoint, timeout_seconds=5.0, retries=0)
+            await _refuse_wrong_chain("bitcoin", check_bitcoin_node(rpc, bitcoin_watcher_settings(cfg)))
+    if cfg.ethereum.rpc.url:
+        w3 = AsyncWeb3(
+            AsyncHTTPProvider(
+                cfg.ethereum.rpc.url, request_kwargs={"timeout": 5.0}, exception_retry_configuration=None
+            )
+        )
+        try:
+            await _refuse_wrong_chain("ethereum", check_ethereum_node(w3, ethereum_watcher_settings(cfg)))
+        finally:
+            await w3.provider.disconnect()
+    yield
+
+
+async def _refuse_wrong_chain(chain: str, check: Awaitable[None]) -> None:
+    try:
+        await asyncio.wait_for(check, timeout=10.0)
+    except WatcherRefused:
+        raise
+    except Exception as exc:
+        log.warning("chain.unreachable_at_start", chain=chain, error=f"{type(exc).__name__}: {exc}")
+
+
+def _bitcoin_endpoint(cfg: Config) -> RpcEndpoint:
+    rpc_cfg = cfg.bitcoin.rpc
+    if rpc_cfg.cookie_file:
+        return RpcEndpoint.from_cookie(rpc_cfg.url, Path(rpc_cfg.cookie_file))
+    return RpcEndpoint(rpc_cfg.url, rpc_cfg.user, rpc_cfg.password)
+
+
 async def _bitcoin_watcher_ctx(app: web.Application) -> AsyncIterator[None]:
     """The Bitcoin watcher, when config.toml names a node (bitcoin.rpc.url); otherwise nothing runs."""
     cfg = app[CONFIG]
-    app[WATCHERS] = {}
+    app.setdefault(WATCHERS, {})
     rpc_cfg = cfg.bitcoin.rpc
     if not rpc_cfg.url:
         yield
         return
-    if rpc_cfg.cookie_file:
-        endpoint = RpcEndpoint.from_cookie(rpc_cfg.url, Path(rpc_cfg.cookie_file))
-    else:
-        endpoint = RpcEndpoint(rpc_cfg.url, rpc_cfg.user, rpc_cfg.password)
     session = aiohttp.ClientSession()
-    rpc = BitcoinRpc(session, endpoint, timeout_seconds=rpc_cfg.timeout_seconds, retries=rpc_cfg.retries)
+    rpc = BitcoinRpc(
+        session, _bitcoin_endpoint(cfg), timeout_seconds=rpc_cfg.timeout_seconds, retries=rpc_cfg.retries
+    )
     state = ChainState(app[STORE], Chain.BITCOIN, keep=cfg.bitcoin.watcher.recent_blocks)
     watcher = BitcoinWatcher(rpc, state, app[SERVICE], bitcoin_watcher_settings(cfg))
     app[WATCHERS]["bitcoin"] = watcher
@@ -242,3 +289,41 @@ async def _bitcoin_watcher_ctx(app: web.Application) -> AsyncIterator[None]:
     yield
     await _cancel(task)
     await session.close()
+
+
+def ethereum_watcher_settings(cfg: Config) -> EthereumSettings:
+    """The watcher's settings from config.toml; it follows confirmations as deep as any ETH/token rule."""
+    evm_assets = (Asset.ETH, Asset.USDT)
+    deepest = max((r.confirmations for r in cfg.confirmations.rules if r.asset in evm_assets), default=1)
+    eth = cfg.ethereum
+    return EthereumSettings(
+        chain_id=eth.chain_id,
+        tokens={eth.token_address.lower(): Asset.USDT},
+        mainnet_chain_ids=tuple(eth.mainnet_chain_ids),
+        allow_mainnet=eth.allow_mainnet,
+        poll_interval_seconds=eth.watcher.poll_interval_seconds,
+        start_block=eth.watcher.start_block,
+        confirmation_depth=deepest + 1,
+        log_span=eth.watcher.log_span,
+        ws_url=eth.rpc.ws_url,
+    )
+
+
+async def _ethereum_watcher_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The Ethereum watcher, when config.toml names a node (ethereum.rpc.url); otherwise nothing runs."""
+    cfg = app[CONFIG]
+    app.setdefault(WATCHERS, {})
+    if not cfg.ethereum.rpc.url:
+        yield
+        return
+    w3 = AsyncWeb3(
+        AsyncHTTPProvider(cfg.ethereum.rpc.url, request_kwargs={"timeout": cfg.ethereum.rpc.timeout_seconds})
+    )
+    state = ChainState(app[STORE], Chain.ETHEREUM, keep=cfg.ethereum.watcher.recent_blocks)
+    watcher = EthereumWatcher(w3, state, app[SERVICE], ethereum_watcher_settings(cfg))
+    app[WATCHERS]["ethereum"] = watcher
+    task = asyncio.create_task(watcher.run(), name="ethereum-watcher")
+    log.info("ethereum.watcher_configured", url=cfg.ethereum.rpc.url, chain_id=cfg.ethereum.chain_id)
+    yield
+    await _cancel(task)
+    await w3.provider.disconnect()

@@ -175,6 +175,35 @@ class BitcoinConfig(_Section):
         return self.hrp or _BTC_DEFAULT_HRP[self.network]
 
 
+class EthereumRpcConfig(_Section):
+    """How to reach the node; an empty url runs no Ethereum watcher."""
+
+    url: str = ""
+    ws_url: str = ""
+    timeout_seconds: Annotated[float, Field(gt=0)] = 10.0
+
+    @field_validator("url")
+    @classmethod
+    def _valid_url(cls, value: str) -> str:
+        if value and not value.startswith(("http://", "https://")):
+            raise ValueError('expected an http:// or https:// URL such as "http://127.0.0.1:8545"')
+        return value
+
+    @field_validator("ws_url")
+    @classmethod
+    def _valid_ws_url(cls, value: str) -> str:
+        if value and not value.startswith(("ws://", "wss://")):
+            raise ValueError('expected a ws:// or wss:// URL such as "ws://127.0.0.1:8545"')
+        return value
+
+
+class EthereumWatcherConfig(_Section):
+    poll_interval_seconds: Annotated[float, Field(gt=0, le=60)] = 1.0
+    start_block: int = -1
+    recent_blocks: Annotated[int, Field(ge=10, le=10000)] = 100
+    log_span: Annotated[int, Field(ge=1, le=100000)] = 500
+
+
 class EthereumConfig(_Section):
     chain_id: Annotated[int, Field(ge=1)] = 31337
     mainnet_chain_ids: list[int] = Field(default_factory=lambda: [1])
@@ -182,6 +211,8 @@ class EthereumConfig(_Section):
     token_address: str = "0x5FbDB2315678afecb367f032d93F642f64180aa3"  # noqa: S105 - a contract address
     token_symbol: str = "tUSDT"  # noqa: S105 - a ticker symbol
     token_decimals: Annotated[int, Field(ge=0, le=36)] = 6
+    rpc: EthereumRpcConfig = Field(default_factory=EthereumRpcConfig)
+    watcher: EthereumWatcherConfig = Field(default_factory=EthereumWatcherConfig)
 
     @model_validator(mode="after")
     def _mainnet_guard(self) -> EthereumConfig:
@@ -304,7 +335,10 @@ def _parse_env_value(raw: str) -> Any:
     except tomllib.TOMLDecodeError:
         return raw
     # A float would lose the exact text of amounts and rates; the models parse decimal strings themselves.
-    return raw if isinstance(value, float) else value
+    # Hex, octal and binary literals stay text: "0x5FbD…" is a contract address, not a number.
+    if isinstance(value, float) or raw.strip().lower().startswith(("0x", "0o", "0b")):
+        return raw
+    return value
 
 
 def _env_overrides(environ: Mapping[str, str]) -> tuple[dict[str, Any], dict[tuple[str, ...], str]]:

@@ -1,6 +1,7 @@
 """``cryptocity``: the composition root. It builds the gateway with the pilot's extensions and runs it.
 
-Subcommands: serve, migrate, merchants (create, list, add-key, rotate-key, revoke-key, disable), version.
+Subcommands: serve, migrate, merchants (create, list, add-key, rotate-key, revoke-key, disable), version,
+wallet pay.
 A configuration error ends the program with its one-line explanation and exit status 2.
 """
 
@@ -23,6 +24,7 @@ from embit import bip39
 
 from gateway.accounts.merchants import MerchantError, MerchantNotFound, MerchantRegistry
 from gateway.app import create_app
+from gateway.chains.watcher import WatcherRefused
 from gateway.clock import SystemClock
 from gateway.config import Config, ConfigError, default_config_path, load_config
 from gateway.logging import configure_logging
@@ -31,6 +33,7 @@ from gateway.store import SqliteStore, StoreError, open_store
 from sandbox.demo import DEMO_MERCHANT_NAME, demo_account_keys
 from sandbox.devnets.bitcoin import REGTEST_HRP, SEGWIT_HEIGHT, BitcoinDevnet, DevnetError
 from wallets.bitcoin import BitcoinWallet, WalletError
+from wallets.cli import add_wallet_commands, run_wallet_command
 
 
 def _version() -> str:
@@ -67,6 +70,25 @@ def _parser() -> argparse.ArgumentParser:
         metavar="ADDRESS=BTC",
         help="send BTC to an rb1 address from the faucet at start (repeatable), e.g. rb1q...=0.5",
     )
+    eth = dsub.add_parser("ethereum", help="an anvil node on loopback with the TestUSDT token deployed")
+    eth.add_argument("--port", type=int, help="RPC port (default: a free one)")
+    eth.add_argument(
+        "--block-time", type=float, help="mine a block every S seconds (default: automine, a block per tx)"
+    )
+    eth.add_argument(
+        "--fund",
+        action="append",
+        default=[],
+        metavar="ADDRESS=ETH",
+        help="send ETH to an address from dev account 0 at start (repeatable), e.g. 0x...=1.5",
+    )
+    eth.add_argument(
+        "--mint",
+        action="append",
+        default=[],
+        metavar="ADDRESS=USDT",
+        help="mint TestUSDT (6 decimals) to an address at start (repeatable), e.g. 0x...=250.75",
+    )
     sub.add_parser("version", help="print the version")
 
     merchants = sub.add_parser("merchants", help="manage merchants and their API keys")
@@ -88,6 +110,8 @@ def _parser() -> argparse.ArgumentParser:
     revoke = msub.add_parser("revoke-key", help="revoke one API key by its lookup part")
     revoke.add_argument("merchant_id")
     revoke.add_argument("lookup")
+
+    add_wallet_commands(sub)  # wallet pay: a resident's wallet (wallets/cli.py)
     return parser
 
 
@@ -96,6 +120,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "version":
         print(f"cryptocity {_version()}")
         return 0
+    if args.command == "wallet":  # a resident's tool: needs no gateway configuration
+        try:
+            return asyncio.run(run_wallet_command(args))
+        except KeyboardInterrupt:
+            return 130
     try:
         config = load_config(args.config or default_config_path())
         if args.command == "serve" and (args.host or args.port is not None):
@@ -112,12 +141,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_serve(config, demo=args.demo))
         if args.command == "migrate":
             return asyncio.run(_migrate(config))
+        if args.command == "devnet" and args.chain == "ethereum":
+            return asyncio.run(_devnet_ethereum(args))
         if args.command == "devnet":
             return asyncio.run(_devnet_bitcoin(args))
         return asyncio.run(_merchants(config, args))
     except StoreError as exc:
         print(f"store error: {exc}", file=sys.stderr)
         return 1
+    except WatcherRefused as exc:  # the configured node is on another chain (or on mainnet)
+        print(f"refused to start: {exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         return 130
 
@@ -186,6 +220,88 @@ async def _devnet_bitcoin(args: argparse.Namespace) -> int:
                     print(f"mined {mined[0]}", flush=True)
             else:
                 await stop.wait()
+    finally:
+        await devnet.stop()
+    return 0
+
+
+def _parse_eth_amounts(option: str, items: list[str], unit: str, decimals: int) -> list[tuple[str, int]]:
+    """``ADDRESS=AMOUNT`` pairs into (address, minor units); a bad pair is a usage error naming it."""
+    from sandbox.devnets.ethereum import parse_address
+
+    parsed: list[tuple[str, int]] = []
+    for item in items:
+        address, sep, amount = item.partition("=")
+        try:
+            if not sep:
+                raise AmountError(f"expected ADDRESS={unit}")
+            parsed.append((parse_address(address), parse_decimal_amount(amount, decimals)))
+        except ValueError as exc:  # AmountError is one
+            raise SystemExit(f"devnet: {option} {item!r}: {exc}") from None
+    return parsed
+
+
+async def _devnet_ethereum(args: argparse.Namespace) -> int:
+    from sandbox.devnets.ethereum import DEFAULT_MNEMONIC, TOKEN_DECIMALS, EthereumDevnet
+
+    funding = _parse_eth_amounts("--fund", args.fund, "ETH", 18)
+    minting = _parse_eth_amounts("--mint", args.mint, "USDT", TOKEN_DECIMALS)
+    if args.block_time is not None and args.block_time <= 0:
+        raise SystemExit("devnet: --block-time must be a positive number of seconds")
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    devnet = EthereumDevnet(port=args.port, block_time=args.block_time)
+    try:
+        await devnet.start()
+    except DevnetError as exc:
+        print(f"devnet: {exc}", file=sys.stderr)
+        return 1
+    try:
+        sent: list[tuple[str, str]] = []
+        for target, wei in funding:
+            try:
+                funded = await devnet.fund_eth(target, wei, transfer=True, wait=False)
+            except DevnetError as exc:
+                print(f"devnet: cannot fund {target}: {exc}", file=sys.stderr)
+                return 2
+            assert funded is not None
+            sent.append((f"  funded {target} with {format_minor_units(wei, 18)} ETH", funded))
+        for target, units in minting:
+            minted = await devnet.mint(target, units, wait=False)
+            sent.append((f"  minted {format_minor_units(units, TOKEN_DECIMALS)} tUSDT to {target}", minted))
+        if sent and not devnet.automine:
+            await devnet.mine_until_pool_empty()
+        for _, sent_hash in sent:
+            await devnet.wait_for_receipt(sent_hash)
+        accounts = "".join(f"    ({a.index}) {a.address} key {a.private_key}\n" for a in devnet.accounts)
+        mining = "automine (a block per transaction)"
+        if args.block_time is not None:
+            mining = f"a block every {args.block_time:g} s"
+        print(
+            f"ethereum devnet (anvil, pid {devnet.pid}) at {devnet.url}\n"
+            f"  chain id: {devnet.chain_id}; mining: {mining}; WebSocket on the same port (ws://)\n"
+            f"  TestUSDT (tUSDT, {TOKEN_DECIMALS} decimals) at {devnet.token_address}, "
+            f"minter {devnet.owner.address}\n"
+            f'  dev accounts, 10000 ETH each (mnemonic "{DEFAULT_MNEMONIC}"):\n'
+            + accounts
+            + "".join(f"{line} ({tx_hash})\n" for line, tx_hash in sent)
+            + f"  gateway: CRYPTOCITY_ETHEREUM__RPC__URL={devnet.url} "
+            f"CRYPTOCITY_ETHEREUM__CHAIN_ID={devnet.chain_id} "
+            f"CRYPTOCITY_ETHEREUM__TOKEN_ADDRESS={devnet.token_address}\n"
+            "Stop with Ctrl-C.",
+            flush=True,
+        )
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=1.0)
+            if devnet.returncode is not None:
+                print(f"devnet: anvil exited with code {devnet.returncode}", file=sys.stderr)
+                return 1
+    except DevnetError as exc:
+        print(f"devnet: {exc}", file=sys.stderr)
+        return 1
     finally:
         await devnet.stop()
     return 0

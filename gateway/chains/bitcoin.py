@@ -106,6 +106,21 @@ class _PaymentTx:
     outpoints: frozenset[Outpoint]
 
 
+async def check_bitcoin_node(node: BitcoinNode, settings: WatcherSettings) -> None:
+    """Raise WatcherRefused unless the node is on the configured network (and not mainnet by accident)."""
+    info = await node.call("getblockchaininfo")
+    chain = str(info.get("chain", "")) if isinstance(info, dict) else ""
+    genesis = str(await node.call("getblockhash", 0))
+    if (genesis == MAINNET_GENESIS or chain == "main") and not settings.allow_mainnet:
+        raise WatcherRefused("the node is on Bitcoin mainnet and bitcoin.allow_mainnet is false")
+    if chain != CHAIN_NAMES[settings.network]:
+        raise WatcherRefused(f"the node is on {chain!r}, but bitcoin.network is {settings.network!r}")
+    if settings.genesis_hash and genesis != settings.genesis_hash:
+        raise WatcherRefused(
+            f"the node's genesis block is {genesis}, not the configured bitcoin.genesis_hash"
+        )
+
+
 class BitcoinWatcher(ChainWatcher[bytes]):
     chain = Chain.BITCOIN
 
@@ -161,20 +176,7 @@ class BitcoinWatcher(ChainWatcher[bytes]):
     # -- the node ------------------------------------------------------------------------------------
 
     async def _check_network(self) -> None:
-        info = await self._node.call("getblockchaininfo")
-        chain = str(info.get("chain", "")) if isinstance(info, dict) else ""
-        genesis = str(await self._node.call("getblockhash", 0))
-        expected = CHAIN_NAMES[self._settings.network]
-        if (genesis == MAINNET_GENESIS or chain == "main") and not self._settings.allow_mainnet:
-            raise WatcherRefused("the node is on Bitcoin mainnet and bitcoin.allow_mainnet is false")
-        if chain != expected:
-            raise WatcherRefused(
-                f"the node is on {chain!r}, but bitcoin.network is {self._settings.network!r}"
-            )
-        if self._settings.genesis_hash and genesis != self._settings.genesis_hash:
-            raise WatcherRefused(
-                f"the node's genesis block is {genesis}, not the configured bitcoin.genesis_hash"
-            )
+        await check_bitcoin_node(self._node, self._settings)
 
     async def _first_height(self) -> int:
         """Where a watcher with no stored chain begins: the node's tip, or just below ``start_height``."""

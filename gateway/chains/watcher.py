@@ -24,6 +24,7 @@ Subclasses say how to ask their node for heights, hashes and blocks, and what a 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -43,6 +44,13 @@ K = TypeVar("K")  # what the watch dict is keyed by (a scriptPubKey, a lower-cas
 
 class WatcherRefused(Exception):
     """The node is not the chain the configuration names (wrong network, mainnet without permission)."""
+
+
+class ChainMoving(Exception):
+    """Blocks kept failing to extend our chain while syncing; the poll loop backs off and tries again."""
+
+
+_SYNC_ATTEMPTS = 5
 
 
 class PaymentSink(Protocol):
@@ -171,10 +179,6 @@ class ChainWatcher(ABC, Generic[K]):
         self.status.watched = len(self._watched)
         self.status.pending_tracked = pending
 
-    async def check_network(self) -> None:
-        """Ask the node which chain it is on; raises WatcherRefused (or a transport error if unreachable)."""
-        await self._check_network()
-
     # -- start-up and addresses ----------------------------------------------------------------------
 
     async def _start(self, first_height: Callable[[], Awaitable[int]]) -> None:
@@ -217,7 +221,9 @@ class ChainWatcher(ABC, Generic[K]):
 
     async def _sync_chain(self) -> None:
         """Bring the stored chain to the node's tip, through a reorg if there was one."""
-        while True:
+        for attempt in itertools.count(1):
+            if attempt > _SYNC_ATTEMPTS:  # the node keeps changing (or contradicts itself): back off, retry
+                raise ChainMoving(f"the node's chain changed under {_SYNC_ATTEMPTS} sync attempts in a row")
             target = await self._node_height()
             fork = await self._find_fork(min(target, self._tip.height))
             if fork < self._tip.height:

@@ -562,11 +562,10 @@ class InvoiceService:
             record = await load_invoice(tx, owner["invoice_id"])
             assert record is not None
             terms = record.state.terms.get(fact.asset)
-            value = (
-                round_half_even_tiyn(value_exact(fact.amount_minor, terms.rate_kzt, terms.decimals))
-                if terms
-                else 0
-            )
+            if terms is None:  # e.g. ETH sent to an invoice that offered only USDT: kept aside, never counted
+                await _insert_unaccounted(tx, record.id, fact, None, "asset_not_accepted", now)
+                return record
+            value = round_half_even_tiyn(value_exact(fact.amount_minor, terms.rate_kzt, terms.decimals))
             decision = await self._decide(
                 tx,
                 DetectedPayment(
@@ -585,6 +584,39 @@ class InvoiceService:
             return await self._apply(tx, record, _seen(fact, decision), now, fact=fact)
 
         return await self._store.transaction(unit)
+
+    async def record_unaccounted(self, fact: PaymentFact, contract: str) -> bool:
+        """Money to an invoice address in a token the gateway does not accept; True if it was an invoice's.
+
+        It is stored (idempotently, by payment key) for support and refunds and never moves the invoice.
+        """
+        now = self._clock.now()
+
+        async def unit(tx: Tx) -> bool:
+            owner = await tx.fetchone(
+                "SELECT invoice_id FROM invoice_addresses WHERE chain = ? AND address = ?",
+                (fact.chain.value, fact.address),
+            )
+            if owner is None:
+                return False
+            await _insert_unaccounted(tx, owner["invoice_id"], fact, contract, "unknown_token", now)
+            return True
+
+        recorded = await self._store.transaction(unit)
+        if recorded:
+            log.warning(
+                "payment.unaccounted", payment_key=fact.payment_key, contract=contract, reason="unknown_token"
+            )
+        return recorded
+
+    async def unaccounted_payments(self, invoice_id: str) -> list[dict[str, Any]]:
+        rows = await self._store.read(
+            lambda tx: tx.fetchall(
+                "SELECT * FROM unaccounted_payments WHERE invoice_id = ? ORDER BY detected_at, payment_key",
+                (invoice_id,),
+            )
+        )
+        return [dict(r) for r in rows]
 
     async def payment_dropped(
         self, chain: Chain, payment_key: str, reason: DropReason
@@ -744,6 +776,30 @@ async def _upsert_payment(
             fact.block_height,
             stamp,
             stamp,
+        ),
+    )
+
+
+async def _insert_unaccounted(
+    tx: Tx, invoice_id: str, fact: PaymentFact, contract: str | None, reason: str, now: datetime
+) -> None:
+    await tx.execute(
+        "INSERT INTO unaccounted_payments (chain, payment_key, invoice_id, address, contract, asset,"
+        " amount_minor, reason, payer, block_hash, block_height, detected_at)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (chain, payment_key) DO NOTHING",
+        (
+            fact.chain.value,
+            fact.payment_key,
+            invoice_id,
+            fact.address,
+            contract,
+            None if contract is not None else fact.asset.value,
+            str(fact.amount_minor),
+            reason,
+            fact.payer,
+            fact.block_hash,
+            fact.block_height,
+            isoformat(now),
         ),
     )
 

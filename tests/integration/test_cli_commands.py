@@ -35,7 +35,7 @@ def test_migrate_creates_the_schema_and_is_idempotent(tmp_path: Path) -> None:
     versions = [row[0] for row in conn.execute("SELECT version FROM schema_migrations")]
     tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     conn.close()
-    assert versions == [1, 2]
+    assert versions == [1, 2, 3]
     assert {"merchants", "invoices", "outbox", "api_keys", "idempotency_keys", "chain_blocks"} <= tables
 
 

@@ -38,9 +38,11 @@ def test_environment_overrides_nested_keys_with_toml_literals() -> None:
             "CRYPTOCITY_ASSETS__ENABLED": '["BTC"]',
             "CRYPTOCITY_INVOICES__PAYMENT_TOLERANCE": "0.005",
             "CRYPTOCITY_STORE__PATH": "/tmp/x.sqlite3",
+            "CRYPTOCITY_ETHEREUM__TOKEN_ADDRESS": "0x5FbDB2315678afecb367f032d93F642f64180aa3",
             "UNRELATED": "1",
         },
     )
+    assert config.ethereum.token_address == "0x5FbDB2315678afecb367f032d93F642f64180aa3"  # not a hex int
     assert config.server.port == 9001
     assert config.rates.fixed.enabled is False
     assert config.assets.enabled == [Asset.BTC]
