@@ -157,9 +157,11 @@ class EthereumWatcher(ChainWatcher[str]):
                     await heads
 
     async def _wait_for_next_poll(self) -> None:
-        self._head_seen.clear()
+        # Cleared after waking, before the poll: a head announced while a poll runs wakes the next one at
+        # once, and the head that woke this one is the one the coming poll reads.
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._head_seen.wait(), timeout=self._poll_interval)
+        self._head_seen.clear()
 
     async def _follow_heads(self) -> None:
         """Set the wake-up event on every newHeads notification; reconnect with backoff when dropped."""

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from web3 import AsyncHTTPProvider, AsyncWeb3
 
+from gateway.api.state import WATCHERS
 from sandbox.devnets.ethereum import EthereumDevnet
 from sandbox.devnets.solc import load_test_usdt
 from tests.conftest import Gateway, GatewayFactory
@@ -334,3 +335,44 @@ async def test_a_node_on_another_chain_is_refused_at_start(tmp_path: Path, devne
     create_merchant(tmp_path)
     with pytest.raises(AssertionError, match="refused to start"):
         start_gateway(tmp_path, env=env, deadline=30)
+
+
+async def test_new_heads_subscription_wakes_the_watcher_between_polls(
+    make_gateway: GatewayFactory, devnet: EthereumDevnet, resident: EthereumWallet
+) -> None:
+    ws_url = devnet.url.replace("http://", "ws://")
+    # a 30 s poll interval: only the subscription can make detection prompt
+    gateway = await make_gateway(
+        **{
+            **anvil_env(devnet),
+            "CRYPTOCITY_ETHEREUM__RPC__WS_URL": ws_url,
+            "CRYPTOCITY_ETHEREUM__WATCHER__POLL_INTERVAL_SECONDS": "30",
+        }
+    )
+    await wait_tip(gateway, devnet)
+    watcher = gateway.app[WATCHERS]["ethereum"]
+    await eventually(lambda: _is(watcher.websocket_connected))  # evaluated anew at each look
+    invoice = await gateway.create_invoice(MEDIUM, assets=["ETH"])
+    await asyncio.sleep(0.5)
+    started = asyncio.get_running_loop().time()
+    await resident.pay_uri(devnet.w3, method(invoice, "ETH")["uri"])
+    await wait_state(gateway, invoice["id"], "settled", seconds=10)
+    assert asyncio.get_running_loop().time() - started < 10  # far below the poll interval
+
+
+async def test_an_unreachable_websocket_leaves_polling_in_charge(
+    make_gateway: GatewayFactory, devnet: EthereumDevnet, resident: EthereumWallet
+) -> None:
+    gateway = await make_gateway(
+        **{**anvil_env(devnet), "CRYPTOCITY_ETHEREUM__RPC__WS_URL": "ws://127.0.0.1:9/"}  # nothing listens
+    )
+    await wait_tip(gateway, devnet)
+    watcher = gateway.app[WATCHERS]["ethereum"]
+    assert not watcher.websocket_connected
+    invoice = await gateway.create_invoice(MEDIUM, assets=["USDT"])
+    await resident.pay_uri(devnet.w3, method(invoice, "USDT")["uri"])
+    await wait_state(gateway, invoice["id"], "settled")
+
+
+async def _is(value: bool) -> bool:
+    return value
