@@ -1,0 +1,260 @@
+"""Ethereum block processing and detection latency, on a real anvil node.
+
+1. A block with 500 tUSDT transfers (to 500 different addresses, 10 of which are invoice addresses) is
+   mined on anvil. The whole watcher (`EthereumWatcher.poll_once`: the head, `eth_getLogs` for the block,
+   the block with its transactions, matching, the 10 payment facts handed on, the checkpoint committed to a
+   SQLite store) processes it with 10 and with 100,000 watched addresses, the two sets taking turns.
+   Target: 100,000 watched addresses cost <= 1.5x of 10.
+2. Detection latency: a gateway (in this process, as `cryptocity serve` builds it) watches anvil with the
+   default 1 s poll and no WebSocket. For each payment the resident's transaction is sent, a block is mined
+   at a random moment of the poll cycle, and the clock runs from the moment the block exists (inclusion)
+   to the moment an outbox consumer is handed the invoice's `invoice.processing` event.
+   Target: p99 <= poll interval + 200 ms.
+
+    python bench/eth_watch.py          # 500 transfers, 9 repetitions, 60 payments
+    python bench/eth_watch.py --quick  # CI: 50 transfers, 2 repetitions, 5 payments; fails only on errors
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import aiohttp  # noqa: E402
+from aiohttp import web  # noqa: E402
+
+from bench.btc_detection import ProcessingClock, percentile  # noqa: E402
+from gateway.accounts.merchants import MerchantRegistry  # noqa: E402
+from gateway.api.state import REGISTRY  # noqa: E402
+from gateway.app import create_app  # noqa: E402
+from gateway.chains.chain_state import ChainState  # noqa: E402
+from gateway.chains.ethereum import EthereumSettings, EthereumWatcher  # noqa: E402
+from gateway.config import StoreConfig, load_config  # noqa: E402
+from gateway.extensions import Extensions  # noqa: E402
+from gateway.logging import configure_logging  # noqa: E402
+from gateway.money import Asset, Chain  # noqa: E402
+from gateway.store import open_store  # noqa: E402
+from sandbox.demo import demo_account_keys  # noqa: E402
+from sandbox.devnets.ethereum import EthereumDevnet  # noqa: E402
+from wallets.ethereum import EthereumWallet  # noqa: E402
+
+PAID = 10
+
+
+class _CountingSink:
+    def __init__(self) -> None:
+        self.facts = 0
+
+    async def record_payment(self, fact: Any) -> None:
+        self.facts += 1
+
+    async def payment_dropped(self, *args: Any) -> None:
+        raise AssertionError("nothing is dropped in this benchmark")
+
+    async def record_unaccounted(self, *args: Any) -> None:
+        raise AssertionError("every transfer is of the accepted token")
+
+
+async def mine_transfer_block(
+    devnet: EthereumDevnet, transfers: int, rng: random.Random
+) -> tuple[int, list[str]]:
+    """Mine one block of ``transfers`` token transfers; its number and the recipients, paid ones first."""
+    senders = devnet.accounts[1:]
+    for sender in senders:
+        await devnet.mint(sender.address, 10**15)
+    recipients = ["0x" + rng.randbytes(20).hex() for _ in range(transfers)]
+    nonces = {s.address: await devnet.w3.eth.get_transaction_count(s.address) for s in senders}
+    raws = []
+    for i, to in enumerate(recipients):
+        sender = senders[i % len(senders)]
+        raws.append(await devnet.sign_token_transfer(sender, to, 1_000 + i, nonce=nonces[sender.address]))
+        nonces[sender.address] += 1
+    await devnet.set_automine(False)
+    await devnet.send_raw_batch(raws)
+    number = await devnet.mine(1)
+    if await devnet.pending_count():
+        raise RuntimeError("the transfers did not fit one block")
+    block = await devnet.w3.eth.get_block(number)
+    if len(block["transactions"]) != transfers:
+        raise RuntimeError(f"block {number} has {len(block['transactions'])} transactions, not {transfers}")
+    return number, recipients
+
+
+async def measure_block(
+    devnet: EthereumDevnet, number: int, sets: dict[str, dict[str, str]], repetitions: int
+) -> dict[str, Any]:
+    times: dict[str, list[float]] = {name: [] for name in sets}
+    facts: dict[str, int] = {}
+    with tempfile.TemporaryDirectory() as workdir:
+        store = await open_store(StoreConfig(path=str(Path(workdir) / "bench.sqlite3")))
+        try:
+            for _ in range(repetitions + 1):  # the first round warms caches and connections up
+                for name, watched in sets.items():
+                    await store.transaction(lambda tx: tx.execute("DELETE FROM chain_blocks"))
+                    sink = _CountingSink()
+                    watcher = EthereumWatcher(
+                        devnet.w3,
+                        ChainState(store, Chain.ETHEREUM),
+                        sink,
+                        EthereumSettings(
+                            chain_id=devnet.chain_id,
+                            tokens={devnet.token_address.lower(): Asset.USDT},
+                            start_block=number,
+                        ),
+                    )
+                    watcher._watched = watched  # as 10 or 100,000 open invoices would fill it
+                    await watcher._start(watcher._first_height)  # checkpoint: the block before
+                    started = time.perf_counter()
+                    await watcher.poll_once()
+                    times[name].append(time.perf_counter() - started)
+                    facts[name] = sink.facts
+        finally:
+            await store.close()
+    return {
+        name: {"total_ms": 1000 * statistics.median(times[name][1:]), "facts": facts[name]} for name in sets
+    }
+
+
+async def measure_detection(devnet: EthereumDevnet, payments: int, rng: random.Random) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as workdir:
+        config = load_config(
+            None,
+            environ={
+                "CRYPTOCITY_STORE__PATH": str(Path(workdir) / "gateway.sqlite3"),
+                "CRYPTOCITY_LOGGING__LEVEL": "warning",
+                "CRYPTOCITY_ADDRESSES__DERIVE_WORKERS": "0",
+                "CRYPTOCITY_ETHEREUM__RPC__URL": devnet.url,
+                "CRYPTOCITY_ETHEREUM__CHAIN_ID": str(devnet.chain_id),
+                "CRYPTOCITY_ETHEREUM__TOKEN_ADDRESS": devnet.token_address,
+            },
+        )
+        clock = ProcessingClock()
+        app = create_app(config, Extensions(consumers=[clock]))
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        registry: MerchantRegistry = app[REGISTRY]
+        btc, eth = demo_account_keys()
+        _, key = await registry.create(
+            "Bench Shop", btc_account_key=btc, eth_account_key=eth, accepted_assets=[Asset.ETH, Asset.USDT]
+        )
+        resident = EthereumWallet.from_private_key(devnet.accounts[9].private_key)
+        await devnet.mint(resident.address, 10**14, wait=False)
+        await devnet.mine(1)
+        latencies: list[float] = []
+        try:
+            async with aiohttp.ClientSession(
+                base_url=f"http://127.0.0.1:{port}", headers={"Authorization": f"Bearer {key.plaintext}"}
+            ) as http:
+                await asyncio.sleep(1.5)  # the watcher's first poll: its checkpoint is the head
+                for i in range(payments):
+                    async with http.post(
+                        "/v1/invoices", json={"amount": f"{600000 + i}.00", "currency": "KZT"}
+                    ) as response:
+                        invoice = await response.json()
+                    asset = "USDT" if i % 2 else "ETH"
+                    method = next(m for m in invoice["payment_methods"] if m["asset"] == asset)
+                    await resident.pay_uri(devnet.w3, method["uri"], wait=False)
+                    await asyncio.sleep(rng.uniform(0, config.ethereum.watcher.poll_interval_seconds))
+                    await devnet.mine(1)
+                    included = time.perf_counter()
+                    deadline = included + 30
+                    while invoice["id"] not in clock.seen and time.perf_counter() < deadline:
+                        await asyncio.sleep(0.002)
+                    if invoice["id"] not in clock.seen:
+                        raise RuntimeError(f"payment {i} was not detected within 30 s")
+                    latencies.append(clock.seen[invoice["id"]] - included)
+        finally:
+            await runner.cleanup()
+    poll = config.ethereum.watcher.poll_interval_seconds
+    return {
+        "payments": payments,
+        "poll_interval_s": poll,
+        "p50_ms": round(1000 * statistics.median(latencies), 1),
+        "p99_ms": round(1000 * percentile(latencies, 99), 1),
+        "max_ms": round(1000 * max(latencies), 1),
+        "target_p99_ms": round(1000 * poll + 200),
+        "target_met": percentile(latencies, 99) <= poll + 0.2,
+    }
+
+
+async def run(transfers: int, repetitions: int, payments: int) -> dict[str, Any]:
+    rng = random.Random(20261201)
+    with tempfile.TemporaryDirectory() as workdir:
+        async with EthereumDevnet(log_path=Path(workdir) / "anvil.log") as devnet:
+            number, recipients = await mine_transfer_block(devnet, transfers, rng)
+            paid = {address: address for address in recipients[:PAID]}
+            large = dict(paid)
+            while len(large) < 100_000:
+                address = "0x" + rng.randbytes(20).hex()
+                large[address] = address
+            block = await measure_block(devnet, number, {"10": paid, "100000": large}, repetitions)
+            await devnet.set_automine(False)
+            detection = await measure_detection(devnet, payments, rng)
+    return {"block_number": number, "block": block, "detection": detection}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--transfers", type=int, default=500)
+    parser.add_argument("--repetitions", type=int, default=9)
+    parser.add_argument("--payments", type=int, default=60)
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    configure_logging("warning", "console")
+    transfers, repetitions, payments = (
+        (50, 2, 5) if args.quick else (args.transfers, args.repetitions, args.payments)
+    )
+    result = asyncio.run(run(transfers, repetitions, payments))
+    block, detection = result["block"], result["detection"]
+    if block["10"]["facts"] != PAID or block["100000"]["facts"] != PAID:
+        print(f"wrong matches: {block}", file=sys.stderr)
+        return 1
+    ratio = block["100000"]["total_ms"] / block["10"]["total_ms"]
+    print(f"block: {transfers} token transfers on anvil; median of {repetitions}")
+    print(f"{'watched':>8}{'watcher ms':>12}{'payments':>10}")
+    for name, r in block.items():
+        print(f"{name:>8}{r['total_ms']:>12.2f}{r['facts']:>10}")
+    print(f"100,000 / 10 watched: {ratio:.2f}x (target <= 1.5x: {'met' if ratio <= 1.5 else 'MISSED'})")
+    print(
+        f"detection (block inclusion -> invoice.processing, {detection['payments']} payments, poll "
+        f"{detection['poll_interval_s']} s): p50 {detection['p50_ms']} ms, p99 {detection['p99_ms']} ms "
+        f"(target p99 <= {detection['target_p99_ms']} ms: {'met' if detection['target_met'] else 'MISSED'})"
+    )
+    report = {
+        "benchmark": "eth_watch",
+        "quick": args.quick,
+        "transfers": transfers,
+        "cpus": os.cpu_count(),
+        "ratio_100000_to_10": round(ratio, 3),
+        "target_ratio": 1.5,
+        "target_met": ratio <= 1.5,
+        **result,
+    }
+    out = args.out or ROOT / "bench" / "results" / (
+        "eth_watch.quick.json" if args.quick else "eth_watch.json"
+    )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
