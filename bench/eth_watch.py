@@ -32,21 +32,14 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import aiohttp  # noqa: E402
-from aiohttp import web  # noqa: E402
 
-from bench.btc_detection import ProcessingClock, percentile  # noqa: E402
-from gateway.accounts.merchants import MerchantRegistry  # noqa: E402
-from gateway.api.state import REGISTRY  # noqa: E402
-from gateway.app import create_app  # noqa: E402
+from bench.detection_harness import bench_gateway, latency_summary  # noqa: E402
 from gateway.chains.chain_state import ChainState  # noqa: E402
 from gateway.chains.ethereum import EthereumSettings, EthereumWatcher  # noqa: E402
-from gateway.config import StoreConfig, load_config  # noqa: E402
-from gateway.extensions import Extensions  # noqa: E402
+from gateway.config import StoreConfig  # noqa: E402
 from gateway.logging import configure_logging  # noqa: E402
 from gateway.money import Asset, Chain  # noqa: E402
 from gateway.store import open_store  # noqa: E402
-from sandbox.demo import demo_account_keys  # noqa: E402
 from sandbox.devnets.ethereum import EthereumDevnet  # noqa: E402
 from wallets.ethereum import EthereumWallet  # noqa: E402
 
@@ -128,68 +121,27 @@ async def measure_block(
 
 
 async def measure_detection(devnet: EthereumDevnet, payments: int, rng: random.Random) -> dict[str, Any]:
-    with tempfile.TemporaryDirectory() as workdir:
-        config = load_config(
-            None,
-            environ={
-                "CRYPTOCITY_STORE__PATH": str(Path(workdir) / "gateway.sqlite3"),
-                "CRYPTOCITY_LOGGING__LEVEL": "warning",
-                "CRYPTOCITY_ADDRESSES__DERIVE_WORKERS": "0",
-                "CRYPTOCITY_ETHEREUM__RPC__URL": devnet.url,
-                "CRYPTOCITY_ETHEREUM__CHAIN_ID": str(devnet.chain_id),
-                "CRYPTOCITY_ETHEREUM__TOKEN_ADDRESS": devnet.token_address,
-            },
-        )
-        clock = ProcessingClock()
-        app = create_app(config, Extensions(consumers=[clock]))
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        registry: MerchantRegistry = app[REGISTRY]
-        btc, eth = demo_account_keys()
-        _, key = await registry.create(
-            "Bench Shop", btc_account_key=btc, eth_account_key=eth, accepted_assets=[Asset.ETH, Asset.USDT]
-        )
-        resident = EthereumWallet.from_private_key(devnet.accounts[9].private_key)
-        await devnet.mint(resident.address, 10**14, wait=False)
-        await devnet.mine(1)
-        latencies: list[float] = []
-        try:
-            async with aiohttp.ClientSession(
-                base_url=f"http://127.0.0.1:{port}", headers={"Authorization": f"Bearer {key.plaintext}"}
-            ) as http:
-                await asyncio.sleep(1.5)  # the watcher's first poll: its checkpoint is the head
-                for i in range(payments):
-                    async with http.post(
-                        "/v1/invoices", json={"amount": f"{600000 + i}.00", "currency": "KZT"}
-                    ) as response:
-                        invoice = await response.json()
-                    asset = "USDT" if i % 2 else "ETH"
-                    method = next(m for m in invoice["payment_methods"] if m["asset"] == asset)
-                    await resident.pay_uri(devnet.w3, method["uri"], wait=False)
-                    await asyncio.sleep(rng.uniform(0, config.ethereum.watcher.poll_interval_seconds))
-                    await devnet.mine(1)
-                    included = time.perf_counter()
-                    deadline = included + 30
-                    while invoice["id"] not in clock.seen and time.perf_counter() < deadline:
-                        await asyncio.sleep(0.002)
-                    if invoice["id"] not in clock.seen:
-                        raise RuntimeError(f"payment {i} was not detected within 30 s")
-                    latencies.append(clock.seen[invoice["id"]] - included)
-        finally:
-            await runner.cleanup()
-    poll = config.ethereum.watcher.poll_interval_seconds
-    return {
-        "payments": payments,
-        "poll_interval_s": poll,
-        "p50_ms": round(1000 * statistics.median(latencies), 1),
-        "p99_ms": round(1000 * percentile(latencies, 99), 1),
-        "max_ms": round(1000 * max(latencies), 1),
-        "target_p99_ms": round(1000 * poll + 200),
-        "target_met": percentile(latencies, 99) <= poll + 0.2,
+    env = {
+        "CRYPTOCITY_ETHEREUM__RPC__URL": devnet.url,
+        "CRYPTOCITY_ETHEREUM__CHAIN_ID": str(devnet.chain_id),
+        "CRYPTOCITY_ETHEREUM__TOKEN_ADDRESS": devnet.token_address,
     }
+    resident = EthereumWallet.from_private_key(devnet.accounts[9].private_key)
+    await devnet.mint(resident.address, 10**14, wait=False)
+    await devnet.mine(1)
+    latencies: list[float] = []
+    with tempfile.TemporaryDirectory() as workdir:
+        async with bench_gateway(Path(workdir), env, [Asset.ETH, Asset.USDT]) as gateway:
+            poll = gateway.config.ethereum.watcher.poll_interval_seconds
+            for i in range(payments):
+                invoice = await gateway.create_invoice(f"{600000 + i}.00")
+                asset = "USDT" if i % 2 else "ETH"
+                method = next(m for m in invoice["payment_methods"] if m["asset"] == asset)
+                await resident.pay_uri(devnet.w3, method["uri"], wait=False)
+                await asyncio.sleep(rng.uniform(0, poll))
+                await devnet.mine(1)
+                latencies.append(await gateway.clock.wait_for(invoice["id"], time.perf_counter()))
+    return latency_summary(latencies, poll)
 
 
 async def run(transfers: int, repetitions: int, payments: int) -> dict[str, Any]:

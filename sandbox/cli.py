@@ -31,7 +31,8 @@ from gateway.logging import configure_logging
 from gateway.money import AmountError, Asset, format_minor_units, parse_decimal_amount
 from gateway.store import SqliteStore, StoreError, open_store
 from sandbox.demo import DEMO_MERCHANT_NAME, demo_account_keys
-from sandbox.devnets.bitcoin import REGTEST_HRP, SEGWIT_HEIGHT, BitcoinDevnet, DevnetError
+from sandbox.devnets.bitcoin import REGTEST_HRP, SEGWIT_HEIGHT, BitcoinDevnet
+from sandbox.devnets.process import DevnetError
 from wallets.bitcoin import BitcoinWallet, WalletError
 from wallets.cli import add_wallet_commands, run_wallet_command
 

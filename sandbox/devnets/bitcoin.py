@@ -12,11 +12,9 @@ import contextlib
 import os
 import secrets
 import shutil
-import socket
-import subprocess
 from collections.abc import Sequence
 from pathlib import Path
-from typing import IO, Any, Protocol
+from typing import Any, Protocol
 
 import aiohttp
 from bitcoin.core import CBlock, CTransaction, b2lx
@@ -24,22 +22,12 @@ from bitcoin.core import CBlock, CTransaction, b2lx
 from gateway.addresses import btc_script_for_address
 from gateway.chains.bitcoin_rpc import BitcoinRpc, RpcEndpoint, RpcUnavailable
 from sandbox.devnets.bitcoin_reorg import build_block, median_time_past
+from sandbox.devnets.process import PROJECT_ROOT, DevnetError, NodeProcess, free_port
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
 REGTEST_HRP = "rb"  # bcoin's regtest bech32 prefix (Bitcoin Core uses "bcrt")
 SEGWIT_HEIGHT = 432  # P2WPKH spends are accepted only from this height on
 # Coinbase of competing blocks when the caller names no payee: OP_TRUE, which anyone can spend (regtest only).
 ANYONE_CAN_SPEND = b"\x51"
-
-
-class DevnetError(RuntimeError):
-    """The local node could not be installed, started or stopped."""
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def bcoin_entry_point(root: Path = PROJECT_ROOT) -> Path:
@@ -59,19 +47,17 @@ class FundableWallet(Protocol):
 
 class BitcoinDevnet:
     def __init__(self, *, port: int | None = None, log_path: Path | None = None) -> None:
-        self.port = port or _free_port()
+        self.port = port or free_port()
         self.api_key = secrets.token_hex(16)
         self.url = f"http://127.0.0.1:{self.port}/"
         self.endpoint = RpcEndpoint(self.url, "cryptocity", self.api_key)
-        self._log_path = log_path
-        self._log: IO[bytes] | None = None
-        self._process: subprocess.Popen[bytes] | None = None
+        self._node = NodeProcess(log_path)
         self._session: aiohttp.ClientSession | None = None
         self.rpc: BitcoinRpc | None = None
 
     @property
     def pid(self) -> int | None:
-        return None if self._process is None else self._process.pid
+        return self._node.pid
 
     async def start(self, *, deadline_seconds: float = 30.0) -> BitcoinDevnet:
         node = shutil.which("node")
@@ -92,15 +78,15 @@ class BitcoinDevnet:
             # 48334 whatever --http-port says, so a second node on the machine would die with EADDRINUSE.
             "--no-wallet",
         ]
-        self._process = await asyncio.to_thread(self._spawn, args)
+        await self._node.spawn(args)
         self._session = aiohttp.ClientSession()
         self.rpc = BitcoinRpc(self._session, self.endpoint, timeout_seconds=5, retries=0)
         loop = asyncio.get_running_loop()
         until = loop.time() + deadline_seconds
         while True:
-            if self._process.poll() is not None:
+            if self._node.exit_code() is not None:
                 await self.stop()
-                raise DevnetError(f"bcoin exited at start with code {self._process.returncode}")
+                raise DevnetError(f"bcoin exited at start with code {self._node.exit_code()}")
             with contextlib.suppress(RpcUnavailable):
                 await self.rpc.block_count()
                 return self
@@ -108,12 +94,6 @@ class BitcoinDevnet:
                 await self.stop()
                 raise DevnetError(f"bcoin did not answer on {self.url} within {deadline_seconds} s")
             await asyncio.sleep(0.1)
-
-    def _spawn(self, args: list[str]) -> subprocess.Popen[bytes]:
-        self._log = open(self._log_path, "ab") if self._log_path else None  # noqa: SIM115 - closed in stop()
-        return subprocess.Popen(  # noqa: S603 - fixed arguments, our own node
-            args, stdout=self._log or subprocess.DEVNULL, stderr=subprocess.STDOUT, cwd=PROJECT_ROOT
-        )
 
     async def mine(self, blocks: int, address: str) -> list[str]:
         """Mine ``blocks`` blocks paying their coinbase to ``address`` (an ``rb1…`` address)."""
@@ -213,17 +193,7 @@ class BitcoinDevnet:
         if self._session is not None:
             await self._session.close()
             self._session = None
-        process = self._process
-        if process is not None and process.poll() is None:
-            process.terminate()
-            try:
-                await asyncio.to_thread(process.wait, timeout)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                await asyncio.to_thread(process.wait)
-        if self._log is not None:
-            self._log.close()
-            self._log = None
+        await self._node.stop(timeout)
 
     async def __aenter__(self) -> BitcoinDevnet:
         return await self.start()

@@ -18,13 +18,11 @@ import asyncio
 import contextlib
 import os
 import re
-import socket
-import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import IO, Any, cast
+from typing import Any, cast
 
 import aiohttp
 from eth_account import Account
@@ -35,10 +33,9 @@ from web3 import AsyncHTTPProvider, AsyncWeb3
 from web3.contract import AsyncContract
 from web3.types import Nonce, RPCEndpoint, TxParams, TxReceipt, Wei
 
-from sandbox.devnets.bitcoin import DevnetError
+from sandbox.devnets.process import PROJECT_ROOT, DevnetError, NodeProcess, free_port
 from sandbox.devnets.solc import load_test_usdt
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
 CHAIN_ID = 31337
 DEFAULT_MNEMONIC = "test test test test test test test test test test test junk"
 DERIVATION_PATH = "m/44'/60'/0'/0/{index}"  # anvil's default (and MetaMask's)
@@ -83,12 +80,6 @@ def parse_address(text: str) -> ChecksumAddress:
     return AsyncWeb3.to_checksum_address(text)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @dataclass(frozen=True, slots=True)
 class DevAccount:
     """One of anvil's funded development accounts (derived from the mnemonic; never use them for real)."""
@@ -131,7 +122,7 @@ class EthereumDevnet:
             raise DevnetError("block_time must be a positive number of seconds")
         if block_time is not None and not automine:
             raise DevnetError("choose interval mining (block_time) or no automine, not both")
-        self.port = port or _free_port()
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.chain_id = CHAIN_ID
         self.token_address: ChecksumAddress = AsyncWeb3.to_checksum_address(TOKEN_ADDRESS)
@@ -140,9 +131,7 @@ class EthereumDevnet:
         self._mnemonic = mnemonic
         self._hardfork = hardfork
         self._gas_limit = gas_limit
-        self._log_path = log_path
-        self._log: IO[bytes] | None = None
-        self._process: subprocess.Popen[bytes] | None = None
+        self._node = NodeProcess(log_path)
         self._w3: AsyncWeb3[AsyncHTTPProvider] | None = None
         self._token: AsyncContract | None = None
         self._token_block = 0  # the block holding TestUSDT's deployment
@@ -153,12 +142,12 @@ class EthereumDevnet:
 
     @property
     def pid(self) -> int | None:
-        return None if self._process is None else self._process.pid
+        return self._node.pid
 
     @property
     def returncode(self) -> int | None:
         """anvil's exit code once it has exited (None while it runs or before start)."""
-        return None if self._process is None else self._process.poll()
+        return self._node.exit_code()
 
     @cached_property
     def accounts(self) -> list[DevAccount]:
@@ -196,7 +185,7 @@ class EthereumDevnet:
 
     async def start(self, *, deadline_seconds: float = 30.0) -> EthereumDevnet:
         """Start anvil, wait until it answers ``eth_chainId``, deploy TestUSDT; raises DevnetError."""
-        if self._process is not None:
+        if self._node.started:
             raise DevnetError("this devnet was already started")
         args = [
             str(anvil_binary()),
@@ -223,7 +212,7 @@ class EthereumDevnet:
             args += ["--hardfork", self._hardfork]
         if self._gas_limit is not None:
             args += ["--gas-limit", str(self._gas_limit)]
-        self._process = await asyncio.to_thread(self._spawn, args)
+        await self._node.spawn(args)
         provider = AsyncHTTPProvider(
             self.url,
             request_kwargs={"timeout": aiohttp.ClientTimeout(total=30)},
@@ -234,10 +223,10 @@ class EthereumDevnet:
         until = loop.time() + deadline_seconds
         try:
             while True:
-                if self._process.poll() is not None:
+                if self._node.exit_code() is not None:
                     raise DevnetError(
-                        f"anvil exited at start with code {self._process.returncode}"
-                        + (f" (log: {self._log_path})" if self._log_path else "")
+                        f"anvil exited at start with code {self._node.exit_code()}"
+                        + (f" (log: {self._node.log_path})" if self._node.log_path else "")
                     )
                 with contextlib.suppress(aiohttp.ClientError, OSError, TimeoutError):
                     answered = int(await self.call("eth_chainId"), 16)
@@ -245,8 +234,8 @@ class EthereumDevnet:
                 if loop.time() > until:
                     raise DevnetError(f"anvil did not answer on {self.url} within {deadline_seconds} s")
                 await asyncio.sleep(0.05)
-            if self._process.poll() is not None:
-                raise DevnetError(f"anvil exited at start with code {self._process.returncode}")
+            if self._node.exit_code() is not None:
+                raise DevnetError(f"anvil exited at start with code {self._node.exit_code()}")
             if answered != self.chain_id:
                 raise DevnetError(f"the node on {self.url} has chain id {answered}, not {self.chain_id}")
             await self._deploy_token()
@@ -254,16 +243,6 @@ class EthereumDevnet:
             await self.stop()
             raise
         return self
-
-    def _spawn(self, args: list[str]) -> subprocess.Popen[bytes]:
-        self._log = open(self._log_path, "ab") if self._log_path else None  # noqa: SIM115 - closed in stop()
-        return subprocess.Popen(  # noqa: S603 - fixed arguments, our own node
-            args,
-            stdout=self._log or subprocess.DEVNULL,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            cwd=PROJECT_ROOT,
-        )
 
     async def _deploy_token(self) -> None:
         w3 = self.w3
@@ -293,17 +272,7 @@ class EthereumDevnet:
         """Stop the node we started, by its PID: SIGTERM, then SIGKILL if it lingers."""
         if self._w3 is not None:
             await self._w3.provider.disconnect()
-        process = self._process
-        if process is not None and process.poll() is None:
-            process.terminate()
-            try:
-                await asyncio.to_thread(process.wait, timeout)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                await asyncio.to_thread(process.wait)
-        if self._log is not None:
-            self._log.close()
-            self._log = None
+        await self._node.stop(timeout)
 
     async def __aenter__(self) -> EthereumDevnet:
         return await self.start()

@@ -8,11 +8,10 @@ the lifecycle. Reorgs are real: competing blocks built and submitted to the node
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
 import sqlite3
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,15 @@ from gateway.chains.bitcoin_rpc import BitcoinRpc
 from sandbox.devnets.bitcoin import REGTEST_HRP, BitcoinDevnet
 from tests.conftest import Gateway, GatewayFactory
 from tests.integration.gateway_process import cli_env, create_merchant, start_gateway
+from tests.integration.settlement_helpers import (
+    confirmations_are,
+    drop_reasons,
+    eventually,
+    invoice_body,
+    method,
+    payment_rows,
+    wait_state,
+)
 from wallets.bitcoin import BitcoinWallet
 
 pytestmark = pytest.mark.integration
@@ -61,48 +69,6 @@ def rpc_of(devnet: BitcoinDevnet) -> BitcoinRpc:
     return devnet.rpc
 
 
-async def eventually(check: Callable[[], Awaitable[bool]], seconds: float = 20.0) -> None:
-    deadline = asyncio.get_running_loop().time() + seconds
-    while not await check():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.05)
-
-
-async def get_invoice(gateway: Gateway, invoice_id: str) -> dict[str, Any]:
-    response = await gateway.client.get(f"/v1/invoices/{invoice_id}", headers=gateway.auth())
-    body: dict[str, Any] = await response.json()
-    return body
-
-
-async def wait_status(
-    gateway: Gateway, invoice_id: str, status: str, seconds: float = 20.0
-) -> dict[str, Any]:
-    seen: dict[str, Any] = {}
-
-    async def check() -> bool:
-        seen.update(await get_invoice(gateway, invoice_id))
-        return bool(seen["status"] == status)
-
-    try:
-        await eventually(check, seconds)
-    except AssertionError:
-        raise AssertionError(
-            f"{invoice_id} is {seen.get('status')} {seen.get('flags')}, not {status}"
-        ) from None
-    return seen
-
-
-async def payment_rows(gateway: Gateway, invoice_id: str) -> list[dict[str, Any]]:
-    rows = await gateway.store.read(
-        lambda tx: tx.fetchall(
-            "SELECT payment_key, status, confirmations, amount_minor, payer FROM payments WHERE invoice_id = ?",
-            (invoice_id,),
-        )
-    )
-    return [dict(r) for r in rows]
-
-
 async def wait_tip(gateway: Gateway, devnet: BitcoinDevnet) -> None:
     """Until the gateway's watcher has processed the node's current tip."""
     best = await rpc_of(devnet).best_block_hash()
@@ -116,8 +82,7 @@ async def wait_tip(gateway: Gateway, devnet: BitcoinDevnet) -> None:
 
 
 def btc_method(invoice: dict[str, Any]) -> dict[str, Any]:
-    [method] = [m for m in invoice["payment_methods"] if m["asset"] == "BTC"]
-    return method
+    return method(invoice, "BTC")
 
 
 async def test_payments_settle_by_policy_and_under_over_split_and_late_are_told_apart(
@@ -136,8 +101,8 @@ async def test_payments_settle_by_policy_and_under_over_split_and_late_are_told_
     # exact payments through the BIP21 URI: 0 confirmations settles at once, 1 waits for a block
     await wallet.pay_uri(rpc, btc_method(small)["uri"])
     await wallet.pay_uri(rpc, btc_method(medium)["uri"])
-    await wait_status(gateway, small["id"], "settled")
-    await wait_status(gateway, medium["id"], "processing")
+    await wait_state(gateway, small["id"], "settled")
+    await wait_state(gateway, medium["id"], "processing")
     [row] = await payment_rows(gateway, small["id"])
     assert row["payer"] is not None and row["payer"].startswith("0014")  # the payer's P2WPKH script
 
@@ -146,32 +111,32 @@ async def test_payments_settle_by_policy_and_under_over_split_and_late_are_told_
     await wallet.pay(rpc, btc_method(over)["address"], btc_method(over)["amount_due_minor"] * 2)
     split_due = btc_method(split)["amount_due_minor"]
     await wallet.pay(rpc, btc_method(split)["address"], split_due // 2)
-    body = await wait_status(gateway, split["id"], "new")
+    body = await wait_state(gateway, split["id"], "new")
     await eventually(lambda: _flags_are(gateway, split["id"], ["underpaid"]))
     await wallet.pay(rpc, btc_method(split)["address"], split_due - split_due // 2)
 
     gateway.clock.advance(timedelta(seconds=61))  # the late invoice expires (the sweeper runs every second)
-    await wait_status(gateway, late["id"], "expired")
+    await wait_state(gateway, late["id"], "expired")
     await wallet.pay_uri(rpc, btc_method(late)["uri"])
 
     await devnet.mine(1, wallet.address(0))
-    await wait_status(gateway, medium["id"], "settled")
-    await wait_status(gateway, split["id"], "settled")
-    body = await wait_status(gateway, over["id"], "settled")
+    await wait_state(gateway, medium["id"], "settled")
+    await wait_state(gateway, split["id"], "settled")
+    body = await wait_state(gateway, over["id"], "settled")
     assert body["flags"] == ["overpaid"]
-    body = await get_invoice(gateway, under["id"])
+    body = await invoice_body(gateway, under["id"])
     assert (body["status"], body["flags"]) == ("new", ["underpaid"])
-    body = await wait_status(gateway, late["id"], "expired")
+    body = await wait_state(gateway, late["id"], "expired")
     await eventually(lambda: _flags_are(gateway, late["id"], ["paid_late"]))
     assert len(await payment_rows(gateway, split["id"])) == 2
     # the merchant takes the late payment
     response = await gateway.client.post(f"/v1/invoices/{late['id']}/accept-late", headers=gateway.auth())
     assert response.status == 200
-    assert (await get_invoice(gateway, late["id"]))["status"] == "settled"
+    assert (await invoice_body(gateway, late["id"]))["status"] == "settled"
 
 
 async def _flags_are(gateway: Gateway, invoice_id: str, flags: list[str]) -> bool:
-    return bool((await get_invoice(gateway, invoice_id))["flags"] == flags)
+    return bool((await invoice_body(gateway, invoice_id))["flags"] == flags)
 
 
 async def test_two_hundred_invoices_paid_in_one_block_are_each_attributed(
@@ -192,7 +157,7 @@ async def test_two_hundred_invoices_paid_in_one_block_are_each_attributed(
     assert len(await rpc.mempool_txids()) >= 200
     await devnet.mine(1, wallet.address(0))
     for invoice in invoices:
-        await wait_status(gateway, invoice["id"], "settled", seconds=60)
+        await wait_state(gateway, invoice["id"], "settled", seconds=60)
     for invoice in invoices:
         [row] = await payment_rows(gateway, invoice["id"])
         assert row["payment_key"].split(":")[0] == sent[invoice["id"]]
@@ -212,10 +177,10 @@ async def test_reorgs_retract_payments_and_a_double_spend_leaves_the_invoice_unp
     large = await gateway.create_invoice(LARGE, assets=["BTC"])
     await wallet.pay_uri(rpc, btc_method(large)["uri"])
     await devnet.mine(1, wallet.address(0))
-    await wait_status(gateway, large["id"], "processing")
-    await eventually(lambda: _confirmations_are(gateway, large["id"], 1))
+    await wait_state(gateway, large["id"], "processing")
+    await eventually(lambda: confirmations_are(gateway, large["id"], 1))
     await devnet.reorg(1)
-    body = await wait_status(gateway, large["id"], "new")
+    body = await wait_state(gateway, large["id"], "new")
     assert body["amount_paid_tiyn"] == 0
     [row] = await payment_rows(gateway, large["id"])
     assert row["status"] == "dropped"
@@ -224,31 +189,16 @@ async def test_reorgs_retract_payments_and_a_double_spend_leaves_the_invoice_unp
     medium = await gateway.create_invoice(MEDIUM, assets=["BTC"])
     payment = await wallet.pay_uri(rpc, btc_method(medium)["uri"])
     await devnet.mine(3, wallet.address(0))
-    await wait_status(gateway, medium["id"], "settled")
-    await eventually(lambda: _confirmations_are(gateway, medium["id"], 3))
+    await wait_state(gateway, medium["id"], "settled")
+    await eventually(lambda: confirmations_are(gateway, medium["id"], 3))
     theft = wallet.build_conflicting(payment)
     await devnet.reorg(3, txs_in_branch=[theft.raw])
-    body = await wait_status(gateway, medium["id"], "reversed")
+    body = await wait_state(gateway, medium["id"], "reversed")
     assert body["amount_paid_tiyn"] == 0
-    reasons = await _drop_reasons(gateway, medium["id"])
+    reasons = await drop_reasons(gateway, medium["id"])
     assert reasons == ["double_spent"]
     await wait_tip(gateway, devnet)
     assert await rpc.mempool_entry(payment.txid) is None
-
-
-async def _confirmations_are(gateway: Gateway, invoice_id: str, count: int) -> bool:
-    rows = await payment_rows(gateway, invoice_id)
-    return bool(rows) and all(r["confirmations"] == count for r in rows)
-
-
-async def _drop_reasons(gateway: Gateway, invoice_id: str) -> list[str]:
-    rows = await gateway.store.read(
-        lambda tx: tx.fetchall(
-            "SELECT payload FROM outbox WHERE invoice_id = ? AND type = 'payment.dropped' ORDER BY seq",
-            (invoice_id,),
-        )
-    )
-    return [json.loads(r["payload"])["data"]["reason"] for r in rows]
 
 
 async def test_killed_gateway_catches_up_on_twenty_blocks_without_misses_or_doubles(

@@ -19,8 +19,9 @@ from bitcoin.core import b2lx
 from gateway.chains.bitcoin_blocks import parse_block, parse_transaction, signals_rbf, transaction_facts
 from gateway.chains.bitcoin_rpc import BitcoinRpc, RpcError
 from gateway.payment_uri import Bip21Request, build_bip21
-from sandbox.devnets.bitcoin import REGTEST_HRP, SEGWIT_HEIGHT, BitcoinDevnet, DevnetError
+from sandbox.devnets.bitcoin import REGTEST_HRP, SEGWIT_HEIGHT, BitcoinDevnet
 from sandbox.devnets.bitcoin_reorg import COIN
+from sandbox.devnets.process import DevnetError
 from wallets.bitcoin import BitcoinWallet, PaymentRejected
 
 pytestmark = pytest.mark.integration

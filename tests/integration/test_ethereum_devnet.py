@@ -21,8 +21,8 @@ from web3.exceptions import BlockNotFound, ContractLogicError
 from web3.types import TxParams, Wei
 
 from sandbox.cli import _parse_eth_amounts
-from sandbox.devnets.bitcoin import DevnetError
 from sandbox.devnets.ethereum import CHAIN_ID, TOKEN_ADDRESS, EthereumDevnet
+from sandbox.devnets.process import DevnetError
 from sandbox.devnets.solc import load_test_usdt
 from tests.integration.gateway_process import cli_env
 

@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
 
 import pytest
 from web3 import AsyncHTTPProvider, AsyncWeb3
@@ -21,6 +20,14 @@ from sandbox.devnets.ethereum import EthereumDevnet
 from sandbox.devnets.solc import load_test_usdt
 from tests.conftest import Gateway, GatewayFactory
 from tests.integration.gateway_process import cli_env, create_merchant, start_gateway
+from tests.integration.settlement_helpers import (
+    confirmations_are,
+    eventually,
+    invoice_body,
+    method,
+    payment_rows,
+    wait_state,
+)
 from wallets.ethereum import EthereumWallet
 
 pytestmark = pytest.mark.integration
@@ -52,38 +59,6 @@ async def resident(devnet: EthereumDevnet) -> EthereumWallet:
     return wallet
 
 
-async def eventually(check: Callable[[], Awaitable[bool]], seconds: float = 20.0) -> None:
-    deadline = asyncio.get_running_loop().time() + seconds
-    while not await check():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.05)
-
-
-async def invoice_body(gateway: Gateway, invoice_id: str) -> dict[str, Any]:
-    response = await gateway.client.get(f"/v1/invoices/{invoice_id}", headers=gateway.auth())
-    body: dict[str, Any] = await response.json()
-    return body
-
-
-async def wait_state(
-    gateway: Gateway, invoice_id: str, status: str, flags: list[str] | None = None, seconds: float = 20.0
-) -> dict[str, Any]:
-    seen: dict[str, Any] = {}
-
-    async def check() -> bool:
-        seen.update(await invoice_body(gateway, invoice_id))
-        return bool(seen["status"] == status and (flags is None or seen["flags"] == flags))
-
-    try:
-        await eventually(check, seconds)
-    except AssertionError:
-        raise AssertionError(
-            f"{invoice_id} is {seen.get('status')} {seen.get('flags')}, not {status} {flags}"
-        ) from None
-    return seen
-
-
 async def wait_tip(gateway: Gateway, devnet: EthereumDevnet) -> None:
     head = await devnet.block_hash(await devnet.block_number())
 
@@ -92,20 +67,6 @@ async def wait_tip(gateway: Gateway, devnet: EthereumDevnet) -> None:
         return bool(body.get("chains", {}).get("ethereum", {}).get("tip_hash") == head)
 
     await eventually(check)
-
-
-def method(invoice: dict[str, Any], asset: str) -> dict[str, Any]:
-    return next(m for m in invoice["payment_methods"] if m["asset"] == asset)
-
-
-async def payment_rows(gateway: Gateway, invoice_id: str) -> list[dict[str, Any]]:
-    rows = await gateway.store.read(
-        lambda tx: tx.fetchall(
-            "SELECT payment_key, asset, amount_minor, status, confirmations FROM payments WHERE invoice_id = ?",
-            (invoice_id,),
-        )
-    )
-    return [dict(r) for r in rows]
 
 
 async def test_eth_and_token_payments_by_policy_partial_over_and_late(
@@ -126,9 +87,9 @@ async def test_eth_and_token_payments_by_policy_partial_over_and_late(
     await resident.pay_uri(w3, method(token_large, "USDT")["uri"])
     await wait_state(gateway, eth_large["id"], "processing")
     await wait_state(gateway, token_large["id"], "processing")
-    await eventually(lambda: _confirmations_are(gateway, token_large["id"], 1))
+    await eventually(lambda: confirmations_are(gateway, token_large["id"], 1))
     await devnet.mine(4)  # the token payment has 5 confirmations, the ether one (a block earlier) 6
-    await eventually(lambda: _confirmations_are(gateway, token_large["id"], 5))
+    await eventually(lambda: confirmations_are(gateway, token_large["id"], 5))
     assert (await invoice_body(gateway, token_large["id"]))["status"] == "processing"
     await wait_state(gateway, eth_large["id"], "settled", [])
     await devnet.mine(1)
@@ -231,7 +192,7 @@ async def test_reorgs_of_depth_one_and_three_retract_and_a_moved_payment_still_c
     large = await gateway.create_invoice(LARGE, assets=["ETH"])
     await resident.pay_uri(w3, method(large, "ETH")["uri"])
     await devnet.mine(2)
-    await eventually(lambda: _confirmations_are(gateway, large["id"], 3))
+    await eventually(lambda: confirmations_are(gateway, large["id"], 3))
     await wait_state(gateway, large["id"], "processing")
     await devnet.reorg(3)
     await resident.resync_nonce(w3)
@@ -248,11 +209,6 @@ async def test_reorgs_of_depth_one_and_three_retract_and_a_moved_payment_still_c
     [row] = await payment_rows(gateway, moved["id"])
     assert row["status"] == "accepted" and row["confirmations"] == 1
     assert body["amount_paid_tiyn"] >= 5_000_000
-
-
-async def _confirmations_are(gateway: Gateway, invoice_id: str, count: int) -> bool:
-    rows = await payment_rows(gateway, invoice_id)
-    return bool(rows) and all(r["confirmations"] == count for r in rows)
 
 
 async def test_hundred_concurrent_invoices_paid_in_one_block(
