@@ -16,6 +16,7 @@ import signal
 import socket
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from embit import bip39
 
 from gateway.accounts.merchants import MerchantError, MerchantNotFound, MerchantRegistry
 from gateway.app import create_app
+from gateway.chains.bitcoin_rpc import RpcError, RpcUnavailable
 from gateway.chains.watcher import WatcherRefused
 from gateway.clock import SystemClock
 from gateway.config import Config, ConfigError, default_config_path, load_config
@@ -32,9 +34,11 @@ from gateway.money import AmountError, Asset, format_minor_units, parse_decimal_
 from gateway.store import SqliteStore, StoreError, open_store
 from sandbox.demo import DEMO_MERCHANT_NAME, demo_account_keys
 from sandbox.devnets.bitcoin import REGTEST_HRP, SEGWIT_HEIGHT, BitcoinDevnet
+from sandbox.devnets.ethereum import EthereumDevnet
 from sandbox.devnets.process import DevnetError
 from wallets.bitcoin import BitcoinWallet, WalletError
 from wallets.cli import add_wallet_commands, run_wallet_command
+from wallets.ethereum import EthereumWallet
 
 
 def _version() -> str:
@@ -55,6 +59,11 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="override server.host")
     serve.add_argument("--port", type=int, help="override server.port (0 = any free port)")
     serve.add_argument("--demo", action="store_true", help="create a demo merchant and print what to curl")
+    serve.add_argument(
+        "--devnets",
+        action="store_true",
+        help="also run local chains (bcoin regtest, anvil with tUSDT), watch them, and fund a demo resident",
+    )
 
     sub.add_parser("migrate", help="apply database migrations and exit")
 
@@ -139,7 +148,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(config.logging.level, config.logging.format)
     try:
         if args.command == "serve":
-            return asyncio.run(_serve(config, demo=args.demo))
+            return asyncio.run(_serve(config, demo=args.demo, devnets=args.devnets))
         if args.command == "migrate":
             return asyncio.run(_migrate(config))
         if args.command == "devnet" and args.chain == "ethereum":
@@ -396,7 +405,66 @@ async def _demo_merchant(config: Config) -> str:
         await store.close()
 
 
-async def _serve(config: Config, *, demo: bool) -> int:
+@dataclass(frozen=True, slots=True)
+class _DemoChains:
+    """Local chains started for `serve --devnets`, and what a resident needs to pay on them."""
+
+    bitcoin: BitcoinDevnet
+    ethereum: EthereumDevnet
+    resident_file: Path
+    resident_btc: str
+    resident_eth: str
+
+
+async def _start_devnets(config: Config, stack: contextlib.AsyncExitStack) -> tuple[Config, _DemoChains]:
+    """Start bcoin and anvil, fund a fresh demo resident on both, and point the gateway's watchers at them."""
+    words = bip39.mnemonic_from_bytes(secrets.token_bytes(16))
+    workdir, resident_file = await asyncio.to_thread(_write_demo_resident, Path(config.store.path), words)
+    btc = await stack.enter_async_context(BitcoinDevnet(log_path=workdir / "bcoin.log"))
+    eth = await stack.enter_async_context(EthereumDevnet(log_path=workdir / "anvil.log"))
+    btc_wallet = BitcoinWallet.from_mnemonic(words, REGTEST_HRP)
+    await btc.fund(btc_wallet)  # 432 coinbases: segwit active, hundreds of mature coins
+    eth_wallet = EthereumWallet.from_mnemonic(words)
+    await eth.fund_eth(eth_wallet.address, 100 * 10**18)
+    await eth.mint(eth_wallet.address, 1_000_000 * 10**6)
+    data = config.model_dump()
+    data["bitcoin"].update(hrp=REGTEST_HRP, network="regtest")
+    data["bitcoin"]["rpc"].update(url=btc.url, user="cryptocity", password=btc.api_key)
+    data["ethereum"].update(chain_id=eth.chain_id, token_address=eth.token_address)
+    data["ethereum"]["rpc"].update(url=eth.url)
+    chains = _DemoChains(btc, eth, resident_file, btc_wallet.address(1), eth_wallet.address)
+    return Config.model_validate(data), chains
+
+
+def _write_demo_resident(store_path: Path, words: str) -> tuple[Path, Path]:
+    """The devnets' folder beside the store, and the demo resident's recovery words in it (mode 600)."""
+    workdir = store_path.resolve().parent / "devnets"
+    workdir.mkdir(parents=True, exist_ok=True)
+    resident_file = workdir / "demo-resident.words"  # regtest and anvil coins only: worthless by design
+    resident_file.write_text(words + "\n", encoding="utf-8")
+    resident_file.chmod(0o600)
+    return workdir, resident_file
+
+
+async def _mine_bitcoin_every(devnet: BitcoinDevnet, seconds: float, address: str) -> None:
+    """Blocks on a schedule, so payments that need confirmations settle in the demo without help."""
+    while True:
+        await asyncio.sleep(seconds)
+        with contextlib.suppress(RpcUnavailable, RpcError):
+            await devnet.mine(1, address)
+
+
+async def _serve(config: Config, *, demo: bool, devnets: bool = False) -> int:
+    async with contextlib.AsyncExitStack() as stack:
+        chains = None
+        if devnets:
+            config, chains = await _start_devnets(config, stack)
+            miner = asyncio.create_task(_mine_bitcoin_every(chains.bitcoin, 10.0, chains.resident_btc))
+            stack.callback(miner.cancel)
+        return await _serve_gateway(config, demo=demo, chains=chains)
+
+
+async def _serve_gateway(config: Config, *, demo: bool, chains: _DemoChains | None) -> int:
     demo_key = await _demo_merchant(config) if demo else None
     # Bind first, so that with port 0 the links the API returns carry the port actually chosen.
     listener = socket.socket(socket.AF_INET6 if ":" in config.server.host else socket.AF_INET)
@@ -415,6 +483,8 @@ async def _serve(config: Config, *, demo: bool) -> int:
     print(f"cryptocity gateway listening on {base}", flush=True)
     if demo_key:
         _print_demo(base, demo_key)
+    if chains is not None:
+        _print_chains(chains)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -441,6 +511,22 @@ Then look at it, list invoices, get a QR code:
   curl -s {base}/v1/invoices/<id>/qr/BTC.png -H 'Authorization: Bearer {key}' -o btc.png
 
 API description: {base}/openapi.json    Health: {base}/healthz    Stop with Ctrl-C.
+""",
+        flush=True,
+    )
+
+
+def _print_chains(chains: _DemoChains) -> None:
+    words = chains.resident_file
+    print(
+        f"""Local chains are running and watched (stopped with the gateway):
+  bitcoin regtest (bcoin): {chains.bitcoin.url}  api key {chains.bitcoin.api_key}  (a block every 10 s)
+  ethereum (anvil, chain id {chains.ethereum.chain_id}): {chains.ethereum.url}  tUSDT at {chains.ethereum.token_address}
+A demo resident's wallet (recovery words in {words}) holds regtest BTC, ETH and tUSDT. Pay an invoice with it:
+  .venv/bin/cryptocity wallet pay '<ETH or USDT uri of the invoice>' --rpc {chains.ethereum.url} --mnemonic-file {words}
+  .venv/bin/cryptocity wallet pay '<BTC uri of the invoice>' --rpc {chains.bitcoin.url} \\
+    --rpc-password {chains.bitcoin.api_key} --mnemonic-file {words} --hrp {REGTEST_HRP} --from-height 0
+  (or pass the QR image: curl the invoice's qr/<ASSET>.png and give the file instead of the URI)
 """,
         flush=True,
     )

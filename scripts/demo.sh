@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Main job (until the city simulation lands): the gateway on the embedded store with a demo merchant.
+# Main job (until the city simulation lands): the gateway on the embedded store with a demo merchant, local
+# chains (bcoin regtest, anvil with tUSDT) that it watches, and a funded demo resident wallet.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-exec .venv/bin/cryptocity serve --demo "$@"
+exec .venv/bin/cryptocity serve --demo --devnets "$@"

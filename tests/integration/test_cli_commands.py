@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -125,3 +127,36 @@ def test_a_wrong_setting_stops_serve_with_one_line(tmp_path: Path) -> None:
     result = run_cli(tmp_path, "serve", env=cli_env(tmp_path, CRYPTOCITY_SERVER__PORT="abc"))
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and "server.port" in result.stderr
+
+
+def test_serve_demo_with_devnets_settles_a_wallet_payment_on_each_chain(tmp_path: Path) -> None:
+    gateway = start_gateway(tmp_path, "--demo", "--devnets", deadline=120)
+    try:
+        assert gateway.process.stdout is not None
+        banner = gateway.banner
+        while "or pass the QR image" not in banner:
+            line = gateway.process.stdout.readline()
+            assert line, banner
+            banner += line
+        key = re.search(r"API key \(shown once\): (cc_test_\w+)", banner).group(1)  # type: ignore[union-attr]
+        eth_rpc = re.search(r"anvil, chain id 31337\): (http://127\.0\.0\.1:\d+)", banner).group(1)  # type: ignore[union-attr]
+        btc_rpc, btc_key = re.search(r"bcoin\): (http://127\.0\.0\.1:\d+/)\s+api key (\w+)", banner).groups()  # type: ignore[union-attr]
+        words = re.search(r"recovery words in (\S+)\)", banner).group(1)  # type: ignore[union-attr]
+        for asset, rpc in (
+            ("USDT", ["--rpc", eth_rpc]),
+            ("BTC", ["--rpc", btc_rpc, "--rpc-password", btc_key]),
+        ):
+            status, invoice = gateway.request(
+                "POST", "/v1/invoices", {"amount": "9000.00", "currency": "KZT"}, key
+            )
+            assert status == 201, invoice
+            uri = next(m["uri"] for m in invoice["payment_methods"] if m["asset"] == asset)
+            extra = ["--hrp", "rb", "--from-height", "0"] if asset == "BTC" else []
+            paid = run_cli(tmp_path, "wallet", "pay", uri, *rpc, "--mnemonic-file", words, *extra, "--yes")
+            assert paid.returncode == 0, paid.stderr
+            deadline = time.monotonic() + 30
+            while gateway.request("GET", f"/v1/invoices/{invoice['id']}", key=key)[1]["status"] != "settled":
+                assert time.monotonic() < deadline, f"{asset} payment not settled"
+                time.sleep(0.2)
+    finally:
+        assert gateway.stop() == 0
