@@ -24,6 +24,7 @@ from web3 import AsyncHTTPProvider, AsyncWeb3
 from gateway.accounts.merchants import MerchantRegistry
 from gateway.address_pool import AddressPool, IndexAllocator
 from gateway.api import health, invoices
+from gateway.api import rates as rates_api
 from gateway.api.middleware import merchant_auth_middleware, request_context_middleware
 from gateway.api.openapi import build_openapi
 from gateway.api.problems import MAX_BODY_KEY, problem_middleware
@@ -33,6 +34,7 @@ from gateway.api.state import (
     CONFIG,
     EXTENSIONS,
     OUTBOX,
+    RATES,
     REGISTRY,
     SERVICE,
     STORE,
@@ -49,7 +51,8 @@ from gateway.extensions import Extensions
 from gateway.invoices.service import InvoiceService, MerchantTerms
 from gateway.money import Asset, Chain
 from gateway.outbox import OutboxRunner
-from gateway.rates import FixedRates, RateSource
+from gateway.rates import RateSource
+from gateway.rates.live import ConfiguredRates
 from gateway.store import Store, open_store
 
 log = structlog.get_logger("gateway.app")
@@ -82,6 +85,7 @@ def create_app(
     app.cleanup_ctx.append(_ethereum_watcher_ctx)
     app.add_routes(invoices.routes)
     app.add_routes(health.routes)
+    app.add_routes(rates_api.routes)
     openapi = build_openapi(ext.routes, invoices=config.invoices)
 
     async def openapi_json(request: web.Request) -> web.Response:
@@ -125,9 +129,12 @@ def _services_ctx(rates: RateSource | None) -> Any:
         pool = AddressPool(
             btc_hrp=cfg.bitcoin.bech32_hrp, pool_size=cfg.addresses.pool_size, executor=workers
         )
-        # Until the rate providers land, the fixed rates are the only source; switched off, nothing prices
-        # invoices and creation answers 503 (which is what the pilot wants without a trustworthy rate).
-        source = rates or FixedRates(cfg.rates.fixed.kzt_per_unit if cfg.rates.fixed.enabled else {})
+        # The fixed table while rates.fixed is on; otherwise the live providers behind the composite. With no
+        # fresh rate, creation answers 503 (what the pilot wants without a trustworthy rate).
+        configured = ConfiguredRates(cfg.rates, clock, source=rates)
+        await configured.start()
+        app[RATES] = configured
+        source = configured.source
 
         async def merchant_terms(merchant_id: str) -> MerchantTerms:
             merchant = await registry.get_cached(merchant_id)
@@ -156,6 +163,7 @@ def _services_ctx(rates: RateSource | None) -> Any:
         )
         await _prime_address_pool(store, pool)
         yield
+        await configured.stop()
         await indexes.close()
         await pool.close()
         if workers is not None:

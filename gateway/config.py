@@ -242,8 +242,33 @@ class FixedRatesConfig(_Section):
         return value
 
 
+class RateProviderConfig(_Section):
+    enabled: bool = False
+    base_url: str
+    timeout_seconds: Annotated[float, Field(gt=0, le=120)] = 10.0
+
+    @field_validator("base_url")
+    @classmethod
+    def _valid_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError('expected an http:// or https:// base URL such as "https://api.binance.com"')
+        return value.rstrip("/")
+
+
 class RatesConfig(_Section):
     fixed: FixedRatesConfig = Field(default_factory=FixedRatesConfig)
+    refresh_seconds: Annotated[float, Field(gt=0, le=3600)] = 30.0
+    max_crypto_age_seconds: Annotated[float, Field(gt=0, le=3600)] = 60.0
+    max_official_age_days: Annotated[float, Field(gt=0, le=30)] = 4.0
+    nbk: RateProviderConfig = Field(
+        default_factory=lambda: RateProviderConfig(base_url="https://nationalbank.kz", timeout_seconds=10.0)
+    )
+    binance: RateProviderConfig = Field(
+        default_factory=lambda: RateProviderConfig(base_url="https://api.binance.com", timeout_seconds=5.0)
+    )
+    kraken: RateProviderConfig = Field(
+        default_factory=lambda: RateProviderConfig(base_url="https://api.kraken.com", timeout_seconds=5.0)
+    )
 
 
 class ConfirmationRule(_Section):

@@ -22,6 +22,8 @@ from pathlib import Path
 
 from aiohttp import web
 from embit import bip39
+from rich.console import Console
+from rich.table import Table
 
 from gateway.accounts.merchants import MerchantError, MerchantNotFound, MerchantRegistry
 from gateway.app import create_app
@@ -31,6 +33,7 @@ from gateway.clock import SystemClock
 from gateway.config import Config, ConfigError, default_config_path, load_config
 from gateway.logging import configure_logging
 from gateway.money import AmountError, Asset, format_minor_units, parse_decimal_amount
+from gateway.rates.live import ConfiguredRates
 from gateway.store import SqliteStore, StoreError, open_store
 from sandbox.demo import DEMO_MERCHANT_NAME, demo_account_keys
 from sandbox.devnets.bitcoin import REGTEST_HRP, SEGWIT_HEIGHT, BitcoinDevnet
@@ -99,6 +102,11 @@ def _parser() -> argparse.ArgumentParser:
         metavar="ADDRESS=USDT",
         help="mint TestUSDT (6 decimals) to an address at start (repeatable), e.g. 0x...=250.75",
     )
+    rates = sub.add_parser("rates", help="print current KZT rates, their sources and the providers' health")
+    rates.add_argument("--json", action="store_true", help="print the same view as GET /v1/rates, as JSON")
+    rates.add_argument(
+        "--wait", type=float, default=15.0, help="seconds to wait for the providers' first answers"
+    )
     sub.add_parser("version", help="print the version")
 
     merchants = sub.add_parser("merchants", help="manage merchants and their API keys")
@@ -151,6 +159,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_serve(config, demo=args.demo, devnets=args.devnets))
         if args.command == "migrate":
             return asyncio.run(_migrate(config))
+        if args.command == "rates":
+            return asyncio.run(_rates(config, as_json=args.json, wait=args.wait))
         if args.command == "devnet" and args.chain == "ethereum":
             return asyncio.run(_devnet_ethereum(args))
         if args.command == "devnet":
@@ -315,6 +325,58 @@ async def _devnet_ethereum(args: argparse.Namespace) -> int:
     finally:
         await devnet.stop()
     return 0
+
+
+async def _rates(config: Config, *, as_json: bool, wait: float) -> int:
+    """One look at the rates as the gateway would see them now (live providers are asked once)."""
+    rates = ConfiguredRates(config.rates, SystemClock())
+    await rates.start()
+    try:
+        if rates.refresher is not None:
+            deadline = asyncio.get_running_loop().time() + wait
+            while asyncio.get_running_loop().time() < deadline:
+                health = rates.refresher.health().values()
+                if all(h.last_success_at is not None or h.last_error_at is not None for h in health):
+                    break
+                await asyncio.sleep(0.1)
+        view = rates.view()
+    finally:
+        await rates.stop()
+    if as_json:
+        print(json.dumps(view, indent=2))
+    else:
+        _print_rates(view)
+    return 0 if view["rates"] else 1
+
+
+def _print_rates(view: dict[str, object]) -> None:
+    console = Console()
+    table = Table(title=f"KZT rates ({view['mode']}, {view['taken_at']})")
+    for column in ("asset", "KZT per unit", "sources", "observed at"):
+        table.add_column(column)
+    rates = view["rates"]
+    assert isinstance(rates, dict)
+    for asset, rate in rates.items():
+        table.add_row(asset, rate["kzt_per_unit"], "\n".join(rate["sources"]), rate["observed_at"])
+    unavailable = view["unavailable"]
+    assert isinstance(unavailable, dict)
+    for asset, reason in unavailable.items():
+        table.add_row(asset, "unavailable", reason, "")
+    console.print(table)
+    providers = view["providers"]
+    assert isinstance(providers, dict)
+    if providers:
+        health = Table(title="providers")
+        for column in ("provider", "healthy", "last success", "last error"):
+            health.add_column(column)
+        for name, state in providers.items():
+            health.add_row(
+                name,
+                "yes" if state["healthy"] else "NO",
+                state["last_success_at"] or "-",
+                state["last_error"] or "",
+            )
+        console.print(health)
 
 
 async def _migrate(config: Config) -> int:

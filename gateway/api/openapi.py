@@ -195,6 +195,34 @@ def _paths() -> dict[str, Any]:
                 },
             }
         },
+        "/v1/rates": {
+            "get": {
+                "operationId": "getRates",
+                "summary": "Current KZT price of each asset, its sources, and the rate providers' health",
+                "security": [{"apiKey": []}],
+                "responses": {
+                    "200": {
+                        "description": "Rates and provider health",
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "type": "object",
+                                    "required": ["mode", "taken_at", "rates", "unavailable", "providers"],
+                                    "properties": {
+                                        "mode": {"type": "string", "enum": ["fixed", "live", "custom"]},
+                                        "taken_at": {"type": "string"},
+                                        "rates": {"type": "object"},
+                                        "unavailable": {"type": "object"},
+                                        "providers": {"type": "object"},
+                                    },
+                                }
+                            }
+                        },
+                    },
+                    **_AUTH_ERRORS,
+                },
+            }
+        },
         "/healthz": {
             "get": {"operationId": "healthz", "summary": "Liveness", "responses": {"200": _ok("HealthOut")}}
         },

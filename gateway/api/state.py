@@ -11,6 +11,7 @@ from gateway.config import Config
 from gateway.extensions import Extensions
 from gateway.invoices.service import InvoiceService
 from gateway.outbox import OutboxRunner
+from gateway.rates.live import ConfiguredRates
 from gateway.store import Store
 
 CONFIG = web.AppKey("config", Config)
@@ -21,6 +22,7 @@ REGISTRY = web.AppKey("registry", MerchantRegistry)
 ADDRESSES = web.AppKey("addresses", AddressPool)
 SERVICE = web.AppKey("service", InvoiceService)
 OUTBOX = web.AppKey("outbox", OutboxRunner)
+RATES = web.AppKey("rates", ConfiguredRates)
 # Chain watchers running in this process, by chain name ("bitcoin"); /readyz reports their health.
 WATCHERS = web.AppKey("watchers", dict)
 
