@@ -31,6 +31,7 @@ from gateway.chains.bitcoin_rpc import RpcError, RpcUnavailable
 from gateway.chains.watcher import WatcherRefused
 from gateway.clock import SystemClock
 from gateway.config import Config, ConfigError, default_config_path, load_config
+from gateway.extensions import Extensions
 from gateway.logging import configure_logging
 from gateway.money import AmountError, Asset, format_minor_units, parse_decimal_amount
 from gateway.rates.live import ConfiguredRates
@@ -39,6 +40,7 @@ from sandbox.demo import DEMO_MERCHANT_NAME, demo_account_keys
 from sandbox.devnets.bitcoin import REGTEST_HRP, SEGWIT_HEIGHT, BitcoinDevnet
 from sandbox.devnets.ethereum import EthereumDevnet
 from sandbox.devnets.process import DevnetError
+from sandbox.ledger.consumer import LedgerConsumer
 from wallets.bitcoin import BitcoinWallet, WalletError
 from wallets.cli import add_wallet_commands, run_wallet_command
 from wallets.ethereum import EthereumWallet
@@ -535,7 +537,8 @@ async def _serve_gateway(config: Config, *, demo: bool, chains: _DemoChains | No
     if config.server.port == 0:
         bound_server = config.server.model_copy(update={"port": listener.getsockname()[1]})
         config = config.model_copy(update={"server": bound_server})
-    app = create_app(config)
+    # The sandbox composes the pilot around the gateway: for now its digital-tenge ledger, fed by the outbox.
+    app = create_app(config, Extensions(consumers=[LedgerConsumer()]))
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=config.server.shutdown_timeout_seconds)
     await runner.setup()
     site = web.SockSite(runner, listener)

@@ -37,7 +37,7 @@ def test_migrate_creates_the_schema_and_is_idempotent(tmp_path: Path) -> None:
     versions = [row[0] for row in conn.execute("SELECT version FROM schema_migrations")]
     tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     conn.close()
-    assert versions == [1, 2, 3]
+    assert versions == [1, 2, 3, 4]
     assert {"merchants", "invoices", "outbox", "api_keys", "idempotency_keys", "chain_blocks"} <= tables
 
 
@@ -158,5 +158,19 @@ def test_serve_demo_with_devnets_settles_a_wallet_payment_on_each_chain(tmp_path
             while gateway.request("GET", f"/v1/invoices/{invoice['id']}", key=key)[1]["status"] != "settled":
                 assert time.monotonic() < deadline, f"{asset} payment not settled"
                 time.sleep(0.2)
+        # the sandbox's ledger booked both settlements in digital tenge: the prices, and a balanced journal
+        account = f"merchant:{invoice['merchant_id']}:settlement"
+        deadline = time.monotonic() + 30
+        while _ledger_balance(tmp_path, account) != 2 * 900_000:
+            assert time.monotonic() < deadline, f"ledger balance {_ledger_balance(tmp_path, account)}"
+            time.sleep(0.2)
+        with sqlite3.connect(tmp_path / "gateway.sqlite3") as db:
+            assert db.execute("SELECT COALESCE(SUM(amount_tiyn), 0) FROM ledger_lines").fetchone()[0] == 0
     finally:
         assert gateway.stop() == 0
+
+
+def _ledger_balance(workdir: Path, account: str) -> int | None:
+    with sqlite3.connect(workdir / "gateway.sqlite3") as db:
+        row = db.execute("SELECT balance_tiyn FROM ledger_balances WHERE account = ?", (account,)).fetchone()
+    return None if row is None else int(row[0])

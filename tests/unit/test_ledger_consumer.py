@@ -65,7 +65,6 @@ async def drain(gateway: Gateway, consumer: LedgerConsumer, batch_size: int = 3)
 
 async def test_the_consumer_books_the_services_events(make_gateway: GatewayFactory) -> None:
     gateway = await make_gateway(Extensions(payment_policy=HoldForPayer()))
-    await gateway.store.transaction(ledger.create_schema)
     service = gateway.service
     settled = await gateway.create_invoice("1000.00", assets=["BTC"])
     released = await gateway.create_invoice("2000.00", assets=["BTC"])

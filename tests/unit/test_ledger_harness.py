@@ -47,7 +47,6 @@ from sandbox.ledger.model import (
     refunds_account,
     settlement_account,
 )
-from sandbox.ledger.store import create_schema
 
 T = TypeVar("T")
 
@@ -345,9 +344,8 @@ def run(coroutine: Coroutine[Any, Any, T]) -> T:
 
 
 def memory_db() -> sqlite3.Connection:
-    """An in-memory database with the gateway's migrations and the ledger's tables."""
+    """An in-memory database with the gateway's migrations (0004 holds the ledger's tables)."""
     conn = sqlite3.connect(":memory:", isolation_level=None)
     conn.row_factory = sqlite3.Row
     apply_sqlite_migrations(conn)
-    run(create_schema(SyncTx(conn)))
     return conn

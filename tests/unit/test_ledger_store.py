@@ -3,6 +3,7 @@ pagination, and a statement streamed in chunks over many rows."""
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -32,8 +33,7 @@ BTC = clearing_account("BTC")
 
 @pytest.fixture
 async def db(tmp_path: Path) -> AsyncIterator[SqliteStore]:
-    opened = await SqliteStore.open(tmp_path / "ledger.sqlite3")
-    await opened.transaction(create_schema)
+    opened = await SqliteStore.open(tmp_path / "ledger.sqlite3")  # migration 0004 creates the ledger
     yield opened
     await opened.close()
 
@@ -80,6 +80,30 @@ def test_the_schema_constant_is_the_statements_for_a_migration() -> None:
     assert LEDGER_SCHEMA_SQL.count("CREATE TABLE") == 4
     assert "ledger_entries_append_only_update" in LEDGER_SCHEMA_SQL
     assert LEDGER_SCHEMA_SQL.endswith("END;\n")
+
+
+def test_the_gateway_migration_creates_exactly_this_schema() -> None:
+    migration = Path(__file__).resolve().parents[2] / "gateway/store/migrations/sqlite/0004_ledger.sql"
+    body = "\n".join(line for line in migration.read_text().splitlines() if not line.startswith("--"))
+    assert body.strip() == LEDGER_SCHEMA_SQL.strip(), "regenerate 0004_ledger.sql from LEDGER_SCHEMA_SQL"
+
+
+async def test_create_schema_builds_the_ledger_on_an_empty_database(tmp_path: Path) -> None:
+    conn_path = tmp_path / "bare.sqlite3"
+    with sqlite3.connect(conn_path) as conn:
+        conn.execute("SELECT 1")
+
+    class Bare:
+        def __init__(self, conn: sqlite3.Connection) -> None:
+            self.conn = conn
+
+        async def execute(self, sql: str, params: tuple[object, ...] = ()) -> int:
+            return self.conn.execute(sql, params).rowcount
+
+    with sqlite3.connect(conn_path) as conn:
+        await create_schema(Bare(conn))  # type: ignore[arg-type]
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert {"ledger_entries", "ledger_lines", "ledger_balances", "ledger_invoices"} <= tables
 
 
 async def test_posting_again_is_a_no_op(db: SqliteStore) -> None:
