@@ -31,7 +31,6 @@ from gateway.chains.bitcoin_rpc import RpcError, RpcUnavailable
 from gateway.chains.watcher import WatcherRefused
 from gateway.clock import SystemClock
 from gateway.config import Config, ConfigError, default_config_path, load_config
-from gateway.extensions import Extensions
 from gateway.logging import configure_logging
 from gateway.money import AmountError, Asset, format_minor_units, parse_decimal_amount
 from gateway.rates.live import ConfiguredRates
@@ -40,7 +39,7 @@ from sandbox.demo import DEMO_MERCHANT_NAME, demo_account_keys
 from sandbox.devnets.bitcoin import REGTEST_HRP, SEGWIT_HEIGHT, BitcoinDevnet
 from sandbox.devnets.ethereum import EthereumDevnet
 from sandbox.devnets.process import DevnetError
-from sandbox.ledger.consumer import LedgerConsumer
+from sandbox.ledger.api import ledger_extensions
 from wallets.bitcoin import BitcoinWallet, WalletError
 from wallets.cli import add_wallet_commands, run_wallet_command
 from wallets.ethereum import EthereumWallet
@@ -538,7 +537,7 @@ async def _serve_gateway(config: Config, *, demo: bool, chains: _DemoChains | No
         bound_server = config.server.model_copy(update={"port": listener.getsockname()[1]})
         config = config.model_copy(update={"server": bound_server})
     # The sandbox composes the pilot around the gateway: for now its digital-tenge ledger, fed by the outbox.
-    app = create_app(config, Extensions(consumers=[LedgerConsumer()]))
+    app = create_app(config, ledger_extensions())
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=config.server.shutdown_timeout_seconds)
     await runner.setup()
     site = web.SockSite(runner, listener)
