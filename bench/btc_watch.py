@@ -46,6 +46,7 @@ from bitcoin.core import (  # noqa: E402
 from bitcoin.core.script import CScript  # noqa: E402
 
 from bench.btc_detection import measure_detection  # noqa: E402
+from bench.detection_harness import CountingSink  # noqa: E402
 from gateway.chains.bitcoin import BitcoinWatcher, WatcherSettings  # noqa: E402
 from gateway.chains.bitcoin_blocks import block_facts, parse_block  # noqa: E402
 from gateway.chains.chain_state import ChainState  # noqa: E402
@@ -139,17 +140,6 @@ class _OneBlockNode:
         return [await self.call(method, *params) for method, params in calls]
 
 
-class _CountingSink:
-    def __init__(self) -> None:
-        self.facts = 0
-
-    async def record_payment(self, fact: Any) -> None:
-        self.facts += 1
-
-    async def payment_dropped(self, *args: Any) -> None:
-        raise AssertionError("nothing is dropped in this benchmark")
-
-
 async def measure_watcher(raw: bytes, sets: dict[str, dict[bytes, str]], repetitions: int) -> dict[str, Any]:
     """Median time of the watcher's poll that processes the new block, per watched set (interleaved)."""
     times: dict[str, list[float]] = {name: [] for name in sets}
@@ -161,7 +151,7 @@ async def measure_watcher(raw: bytes, sets: dict[str, dict[bytes, str]], repetit
                 for name, watched in sets.items():
                     await store.transaction(lambda tx: tx.execute("DELETE FROM chain_blocks"))
                     node = _OneBlockNode(raw)
-                    sink = _CountingSink()
+                    sink = CountingSink()
                     watcher = BitcoinWatcher(
                         node,
                         ChainState(store, Chain.BITCOIN),

@@ -1,4 +1,5 @@
-"""What both detection-latency benchmarks share: a gateway in this process, a clock on its events, a summary.
+"""What the chain benchmarks share: a gateway in this process, a clock on its events, a latency summary, and
+a sink that only counts the payment facts a watcher hands on (for timing block processing alone).
 
 The gateway is built as `cryptocity serve` builds it (create_app, the configured watcher, the SQLite store),
 with one extra outbox consumer that notes when each invoice's `invoice.processing` event reaches it, i.e.
@@ -29,6 +30,22 @@ from gateway.money import Asset
 from gateway.outbox import OutboxEvent
 from gateway.store import Tx
 from sandbox.demo import demo_account_keys
+
+
+class CountingSink:
+    """A watcher's payment sink that counts facts; drops and unaccounted money are benchmark errors."""
+
+    def __init__(self) -> None:
+        self.facts = 0
+
+    async def record_payment(self, fact: Any) -> None:
+        self.facts += 1
+
+    async def payment_dropped(self, *args: Any) -> None:
+        raise AssertionError("nothing is dropped in this benchmark")
+
+    async def record_unaccounted(self, *args: Any) -> None:
+        raise AssertionError("every transfer is of the accepted token")
 
 
 class ProcessingClock:

@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-from bench.detection_harness import bench_gateway, latency_summary  # noqa: E402
+from bench.detection_harness import CountingSink, bench_gateway, latency_summary  # noqa: E402
 from gateway.chains.chain_state import ChainState  # noqa: E402
 from gateway.chains.ethereum import EthereumSettings, EthereumWatcher  # noqa: E402
 from gateway.config import StoreConfig  # noqa: E402
@@ -44,20 +44,6 @@ from sandbox.devnets.ethereum import EthereumDevnet  # noqa: E402
 from wallets.ethereum import EthereumWallet  # noqa: E402
 
 PAID = 10
-
-
-class _CountingSink:
-    def __init__(self) -> None:
-        self.facts = 0
-
-    async def record_payment(self, fact: Any) -> None:
-        self.facts += 1
-
-    async def payment_dropped(self, *args: Any) -> None:
-        raise AssertionError("nothing is dropped in this benchmark")
-
-    async def record_unaccounted(self, *args: Any) -> None:
-        raise AssertionError("every transfer is of the accepted token")
 
 
 async def mine_transfer_block(
@@ -96,7 +82,7 @@ async def measure_block(
             for _ in range(repetitions + 1):  # the first round warms caches and connections up
                 for name, watched in sets.items():
                     await store.transaction(lambda tx: tx.execute("DELETE FROM chain_blocks"))
-                    sink = _CountingSink()
+                    sink = CountingSink()
                     watcher = EthereumWatcher(
                         devnet.w3,
                         ChainState(store, Chain.ETHEREUM),
