@@ -52,6 +52,7 @@ from gateway.invoices.service import InvoiceService, MerchantTerms
 from gateway.money import Asset, Chain
 from gateway.outbox import OutboxRunner
 from gateway.rates import RateSource
+from gateway.rates.history import RateHistory
 from gateway.rates.live import ConfiguredRates
 from gateway.store import Store, open_store
 
@@ -131,7 +132,8 @@ def _services_ctx(rates: RateSource | None) -> Any:
         )
         # The fixed table while rates.fixed is on; otherwise the live providers behind the composite. With no
         # fresh rate, creation answers 503 (what the pilot wants without a trustworthy rate).
-        configured = ConfiguredRates(cfg.rates, clock, source=rates)
+        history = RateHistory(store, clock, retention_days=cfg.rates.history_retention_days)
+        configured = ConfiguredRates(cfg.rates, clock, source=rates, history=history)
         await configured.start()
         app[RATES] = configured
         source = configured.source
@@ -146,6 +148,7 @@ def _services_ctx(rates: RateSource | None) -> Any:
                 btc_account_key=merchant.btc_account_key,
                 eth_account_key=merchant.eth_account_key,
                 default_expiry_seconds=merchant.default_expiry_seconds,
+                spread_bps=merchant.spread_bps,
             )
 
         indexes = IndexAllocator(store, cfg.addresses.reserve_block)

@@ -260,6 +260,7 @@ class RatesConfig(_Section):
     refresh_seconds: Annotated[float, Field(gt=0, le=3600)] = 30.0
     max_crypto_age_seconds: Annotated[float, Field(gt=0, le=3600)] = 60.0
     max_official_age_days: Annotated[float, Field(gt=0, le=30)] = 4.0
+    history_retention_days: Annotated[float, Field(gt=0)] = 400.0
     nbk: RateProviderConfig = Field(
         default_factory=lambda: RateProviderConfig(base_url="https://nationalbank.kz", timeout_seconds=10.0)
     )

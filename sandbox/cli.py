@@ -118,6 +118,12 @@ def _parser() -> argparse.ArgumentParser:
     create.add_argument("--eth-xpub", help="BIP44 account public key of m/44'/60'/0'")
     create.add_argument("--assets", default="", help="comma-separated, default: every asset the keys allow")
     create.add_argument("--default-expiry", type=int, help="default invoice expiry in seconds")
+    create.add_argument(
+        "--spread-bps", type=int, default=0, help="spread on every rate, in basis points (default 0)"
+    )
+    spread = msub.add_parser("set-spread", help="change the spread of new invoices (basis points)")
+    spread.add_argument("merchant_id")
+    spread.add_argument("spread_bps", type=int)
     msub.add_parser("list", help="list merchants")
     for name, text in (
         ("add-key", "issue an extra API key"),
@@ -417,6 +423,7 @@ async def _merchants(config: Config, args: argparse.Namespace) -> int:
                 eth_account_key=args.eth_xpub,
                 accepted_assets=assets,
                 default_expiry_seconds=args.default_expiry,
+                spread_bps=args.spread_bps,
             )
             print(json.dumps({"merchant": merchant.public_view(), "api_key": key.plaintext}, indent=2))
             print("Store the API key now: it is shown only once.", file=sys.stderr)
@@ -438,6 +445,9 @@ async def _merchants(config: Config, args: argparse.Namespace) -> int:
         elif args.action == "disable":
             await registry.disable(args.merchant_id)
             print(f"disabled {args.merchant_id}")
+        elif args.action == "set-spread":
+            merchant = await registry.set_spread(args.merchant_id, args.spread_bps)
+            print(json.dumps(merchant.public_view()))
         return 0
     except MerchantError as exc:
         print(f"invalid merchant: {exc}", file=sys.stderr)

@@ -46,6 +46,7 @@ class Merchant:
     status: str
     created_at: str
     updated_at: str
+    spread_bps: int = 0
 
     @property
     def active(self) -> bool:
@@ -61,6 +62,7 @@ class Merchant:
             "name": self.name,
             "accepted_assets": [a.value for a in self.accepted_assets],
             "default_expiry_seconds": self.default_expiry_seconds,
+            "spread_bps": self.spread_bps,
             "status": self.status,
             "has_btc_key": self.btc_account_key is not None,
             "has_eth_key": self.eth_account_key is not None,
@@ -89,7 +91,22 @@ def merchant_from_row(row: Row) -> Merchant:
         status=row["status"],
         created_at=row["created_at"],
         updated_at=row["updated_at"],
+        spread_bps=int(row["spread_bps"]),
     )
+
+
+MAX_SPREAD_BPS = 9999
+
+
+def validate_spread(spread_bps: object) -> int:
+    """A spread is whole basis points, 0 to 9999 (100 % would make the locked rate zero)."""
+    if (
+        isinstance(spread_bps, bool)
+        or not isinstance(spread_bps, int)
+        or not 0 <= spread_bps <= MAX_SPREAD_BPS
+    ):
+        raise MerchantError("spread_bps", f"must be an integer from 0 to {MAX_SPREAD_BPS} basis points")
+    return spread_bps
 
 
 def validate_merchant_keys(
@@ -142,6 +159,7 @@ class MerchantRegistry:
         eth_account_key: str | None,
         accepted_assets: Sequence[Asset],
         default_expiry_seconds: int | None = None,
+        spread_bps: int = 0,
         key_label: str = "default",
     ) -> tuple[Merchant, IssuedKey]:
         name = name.strip()
@@ -149,6 +167,7 @@ class MerchantRegistry:
             raise MerchantError("name", "must be 1 to 200 characters")
         assets = tuple(dict.fromkeys(accepted_assets))
         btc, eth = validate_merchant_keys(btc_account_key, eth_account_key, assets)
+        spread_bps = validate_spread(spread_bps)
         now = self._clock.now()
         merchant = Merchant(
             id=new_id("mer"),
@@ -160,13 +179,15 @@ class MerchantRegistry:
             status="active",
             created_at=isoformat(now),
             updated_at=isoformat(now),
+            spread_bps=spread_bps,
         )
         key = issue_key(self._env)
 
         async def unit(tx: Tx) -> None:
             await tx.execute(
                 "INSERT INTO merchants (id, name, btc_account_key, eth_account_key, accepted_assets,"
-                " default_expiry_seconds, status, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " default_expiry_seconds, status, created_at, updated_at, spread_bps)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     merchant.id,
                     merchant.name,
@@ -177,6 +198,7 @@ class MerchantRegistry:
                     "active",
                     merchant.created_at,
                     merchant.updated_at,
+                    spread_bps,
                 ),
             )
             for chain, account_key in ((Chain.BITCOIN, btc), (Chain.ETHEREUM, eth)):
@@ -317,6 +339,35 @@ class MerchantRegistry:
             tx.after_commit(self.auth_cache.invalidate_all)
 
         await self._store.transaction(unit)
+
+    async def set_spread(self, merchant_id: str, spread_bps: int) -> Merchant:
+        """Change the merchant's spread for invoices created from now on (locked quotes never change)."""
+        spread_bps = validate_spread(spread_bps)
+        now = self._clock.now()
+
+        async def unit(tx: Tx) -> Row:
+            previous = await tx.fetchone("SELECT spread_bps FROM merchants WHERE id = ?", (merchant_id,))
+            if previous is None:
+                raise MerchantNotFound(merchant_id)
+            await tx.execute(
+                "UPDATE merchants SET spread_bps = ?, updated_at = ? WHERE id = ?",
+                (spread_bps, isoformat(now), merchant_id),
+            )
+            await insert_event(
+                tx,
+                prepare_event(
+                    event_type="merchant.updated",
+                    now=now,
+                    merchant_id=merchant_id,
+                    data={"changes": {"spread_bps": [int(previous["spread_bps"]), spread_bps]}},
+                ),
+            )
+            tx.after_commit(self.auth_cache.invalidate_all)
+            row = await tx.fetchone("SELECT * FROM merchants WHERE id = ?", (merchant_id,))
+            assert row is not None
+            return row
+
+        return merchant_from_row(await self._store.transaction(unit))
 
     async def authenticate(self, plaintext: str) -> str | None:
         """The merchant id an API key belongs to, or None for unknown, revoked or disabled."""

@@ -74,7 +74,12 @@ class CreateInvoiceRequest(_Strict):
 
 
 class RateOut(BaseModel):
-    kzt_per_unit: str = Field(description="Locked rate: KZT per whole coin, decimal string.")
+    kzt_per_unit: str = Field(
+        description="Locked rate: KZT per whole coin, decimal string, after the merchant's spread."
+    )
+    mid_kzt_per_unit: str | None = Field(
+        default=None, description="The market rate before the spread (absent on invoices created before migration 0005)."
+    )
     sources: list[str]
     observed_at: str
 
@@ -82,7 +87,7 @@ class RateOut(BaseModel):
 class QuoteOut(BaseModel):
     locked_at: str
     locked_until: str
-    spread_bps: int
+    spread_bps: int = Field(description="The merchant's spread in basis points, applied to every rate.")
     rates: dict[str, RateOut]
 
 

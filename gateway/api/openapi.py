@@ -223,6 +223,69 @@ def _paths() -> dict[str, Any]:
                 },
             }
         },
+        "/v1/rates/history": {
+            "get": {
+                "operationId": "getRateHistory",
+                "summary": "Every distinct KZT rate the gateway derived, oldest first (keyset pages by id)",
+                "security": [{"apiKey": []}],
+                "parameters": [
+                    {
+                        "name": "asset",
+                        "in": "query",
+                        "schema": {"type": "string", "enum": ["BTC", "ETH", "USDT"]},
+                    },
+                    {"name": "from", "in": "query", "schema": {"type": "string", "format": "date-time"}},
+                    {"name": "to", "in": "query", "schema": {"type": "string", "format": "date-time"}},
+                    {
+                        "name": "limit",
+                        "in": "query",
+                        "schema": {"type": "integer", "minimum": 1, "maximum": 1000},
+                    },
+                    {"name": "starting_after", "in": "query", "schema": {"type": "integer", "minimum": 0}},
+                ],
+                "responses": {
+                    "200": {
+                        "description": "One page of recorded rates",
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "type": "object",
+                                    "required": ["object", "data", "has_more", "next_starting_after"],
+                                    "properties": {
+                                        "object": {"type": "string", "enum": ["list"]},
+                                        "data": {
+                                            "type": "array",
+                                            "items": {
+                                                "type": "object",
+                                                "required": [
+                                                    "id",
+                                                    "asset",
+                                                    "kzt_per_unit",
+                                                    "sources",
+                                                    "observed_at",
+                                                ],
+                                                "properties": {
+                                                    "id": {"type": "integer"},
+                                                    "asset": {"type": "string"},
+                                                    "kzt_per_unit": {"type": "string"},
+                                                    "sources": {"type": "array", "items": {"type": "string"}},
+                                                    "observed_at": {"type": "string"},
+                                                    "recorded_at": {"type": "string"},
+                                                },
+                                            },
+                                        },
+                                        "has_more": {"type": "boolean"},
+                                        "next_starting_after": {"type": ["integer", "null"]},
+                                    },
+                                }
+                            }
+                        },
+                    },
+                    "400": _problem("Bad query"),
+                    **_AUTH_ERRORS,
+                },
+            }
+        },
         "/healthz": {
             "get": {"operationId": "healthz", "summary": "Liveness", "responses": {"200": _ok("HealthOut")}}
         },

@@ -218,7 +218,10 @@ def invoice_resource(record: InvoiceRecord, ctx: ResourceContext) -> dict[str, A
     base = f"{ctx.public_url}/v1/invoices/{record.id}"
     methods = []
     for m in record.methods:
-        info = ASSETS[m.asset]
+        # The decimals locked in the terms, not the asset table's: the token's decimals are a deployment
+        # setting (ethereum.token_decimals), and the amounts due were computed with the locked ones.
+        locked = state.terms.get(m.asset)
+        decimals = locked.decimals if locked is not None else ASSETS[m.asset].decimals
         methods.append(
             {
                 "asset": m.asset.value,
@@ -226,12 +229,12 @@ def invoice_resource(record: InvoiceRecord, ctx: ResourceContext) -> dict[str, A
                 "network": ctx.btc_network if m.chain == "bitcoin" else f"eip155:{ctx.eth_chain_id}",
                 "address": m.address,
                 "derivation_index": m.derivation_index,
-                "amount_due": format_minor_units(m.amount_due_minor, info.decimals),
+                "amount_due": format_minor_units(m.amount_due_minor, decimals),
                 "amount_due_minor": m.amount_due_minor,
                 "amount_remaining_minor": m.amount_due_minor
                 if unpaid
                 else amount_remaining_minor(state, m.asset),
-                "decimals": info.decimals,
+                "decimals": decimals,
                 "confirmations_required": m.confirmations_required,
                 "uri": m.uri,
                 "qr": {"png": f"{base}/qr/{m.asset.value}.png", "svg": f"{base}/qr/{m.asset.value}.svg"},
@@ -266,10 +269,10 @@ def invoice_resource(record: InvoiceRecord, ctx: ResourceContext) -> dict[str, A
 
 def payment_resource(row: Row, state: InvoiceState) -> dict[str, Any]:
     asset = Asset(row["asset"])
-    info = ASSETS[asset]
     amount = int(row["amount_minor"])
     terms = state.terms.get(asset)
-    value = round_half_even_tiyn(value_in_tiyn_exact(amount, terms.rate_kzt, info.decimals)) if terms else 0
+    decimals = terms.decimals if terms is not None else ASSETS[asset].decimals
+    value = round_half_even_tiyn(value_in_tiyn_exact(amount, terms.rate_kzt, decimals)) if terms else 0
     return {
         "id": row["id"],
         "object": "payment",
@@ -278,7 +281,7 @@ def payment_resource(row: Row, state: InvoiceState) -> dict[str, Any]:
         "chain": row["chain"],
         "payment_key": row["payment_key"],
         "address": row["address"],
-        "amount": format_minor_units(amount, info.decimals),
+        "amount": format_minor_units(amount, decimals),
         "amount_minor": amount,
         "value_tiyn": value,
         "confirmations": int(row["confirmations"]),

@@ -67,7 +67,7 @@ from gateway.money import (
 from gateway.money import value_in_tiyn_exact as value_exact
 from gateway.outbox import insert_event, prepare_event
 from gateway.payment_uri import Bip21Request, Eip681Native, Eip681TokenTransfer, build_bip21, build_eip681
-from gateway.rates import RateSource
+from gateway.rates import RateSource, apply_spread
 from gateway.store import Store, Tx
 
 log = structlog.get_logger("gateway.invoices")
@@ -131,6 +131,7 @@ class MerchantTerms:
     btc_account_key: str | None
     eth_account_key: str | None
     default_expiry_seconds: int | None
+    spread_bps: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -242,16 +243,17 @@ class InvoiceService:
         rates_doc: dict[str, Any] = {}
         for asset in assets:
             rate = self._rates.current(asset, now)  # RatesUnavailable propagates: 503 with Retry-After
+            # The merchant's spread lowers the rate the amount due is computed with; the quote shows both.
+            locked_rate = apply_spread(rate.kzt_per_unit, merchant.spread_bps)
             decimals = self._decimals(asset)
-            due = crypto_due(price_tiyn, rate.kzt_per_unit, decimals)
+            due = crypto_due(price_tiyn, locked_rate, decimals)
             if asset is Asset.BTC and due < self._config.bitcoin.dust_limit_sat:
                 continue  # below dust the payment could not even be relayed
             dues[asset] = due
-            terms[asset] = AssetTerms(
-                asset, rate.kzt_per_unit, decimals, self._confirmations(asset, price_tiyn)
-            )
+            terms[asset] = AssetTerms(asset, locked_rate, decimals, self._confirmations(asset, price_tiyn))
             rates_doc[asset.value] = {
-                "kzt_per_unit": str(rate.kzt_per_unit),
+                "kzt_per_unit": str(locked_rate),
+                "mid_kzt_per_unit": str(rate.kzt_per_unit),
                 "sources": list(rate.sources),
                 "observed_at": isoformat(rate.observed_at),
             }
@@ -262,7 +264,7 @@ class InvoiceService:
         quote = {
             "locked_at": isoformat(now),
             "locked_until": isoformat(expires_at),
-            "spread_bps": 0,
+            "spread_bps": merchant.spread_bps,
             "rates": rates_doc,
         }
         state = InvoiceState.new(

@@ -16,6 +16,10 @@ class FixedRates:
     def __init__(self, kzt_per_unit: Mapping[Asset, Decimal]) -> None:
         self._rates = dict(kzt_per_unit)
 
+    @property
+    def assets(self) -> tuple[Asset, ...]:
+        return tuple(self._rates)
+
     def current(self, asset: Asset, now: datetime) -> AssetRate:
         rate = self._rates.get(asset)
         if rate is None:

@@ -19,6 +19,7 @@ from gateway.rates.base import RateSource, RatesUnavailable
 from gateway.rates.binance import BinanceTicker
 from gateway.rates.composite import CompositeRates
 from gateway.rates.fixed import FixedRates
+from gateway.rates.history import RateHistory
 from gateway.rates.kraken import KrakenTicker
 from gateway.rates.nationalbank import NationalBankRates
 from gateway.rates.quotes import RateProvider
@@ -26,9 +27,17 @@ from gateway.rates.refresher import RateRefresher
 
 
 class ConfiguredRates:
-    def __init__(self, config: RatesConfig, clock: Clock, *, source: RateSource | None = None) -> None:
+    def __init__(
+        self,
+        config: RatesConfig,
+        clock: Clock,
+        *,
+        source: RateSource | None = None,
+        history: RateHistory | None = None,
+    ) -> None:
         self._config = config
         self._clock = clock
+        self.history = history
         self._session: aiohttp.ClientSession | None = None
         self.refresher: RateRefresher | None = None
         self.source: RateSource
@@ -44,7 +53,10 @@ class ConfiguredRates:
             )
 
     async def start(self) -> None:
-        """Start polling the enabled providers (live rates only; the fixed table needs nothing)."""
+        """Start polling the enabled providers (live rates), or record the fixed table once in the history."""
+        if isinstance(self.source, FixedRates) and self.history is not None:
+            now = self._clock.now()
+            await self.history.record_rates(self.source.current(asset, now) for asset in self.source.assets)
         if not isinstance(self.source, CompositeRates) or self.refresher is not None:
             return
         self._session = aiohttp.ClientSession()
@@ -64,7 +76,13 @@ class ConfiguredRates:
             providers.append(
                 KrakenTicker(session, cfg.kraken.base_url, clock, timeout_seconds=cfg.kraken.timeout_seconds)
             )
-        self.refresher = RateRefresher(providers, self.source, clock, interval_seconds=cfg.refresh_seconds)
+        self.refresher = RateRefresher(
+            providers,
+            self.source,
+            clock,
+            interval_seconds=cfg.refresh_seconds,
+            on_snapshot=self.history.record if self.history is not None else None,
+        )
         self.refresher.start()
 
     async def stop(self) -> None:

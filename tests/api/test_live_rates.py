@@ -11,7 +11,7 @@ import asyncio
 import json
 import os
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -22,16 +22,6 @@ from tests.conftest import Gateway, GatewayFactory
 from tests.fixtures.rates.fake_providers import FakeProviders, Mode
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-async def providers(aiohttp_server: Any, clock: Any) -> AsyncIterator[tuple[FakeProviders, str]]:
-    fake = FakeProviders(clock)
-    server = await aiohttp_server(fake.app())
-    try:
-        yield fake, str(server.make_url("")).rstrip("/")
-    finally:
-        fake.release()
 
 
 def live_env(base: str, *enabled: str) -> dict[str, str]:

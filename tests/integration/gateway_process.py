@@ -41,9 +41,11 @@ def run_cli(workdir: Path, *args: str, env: dict[str, str] | None = None) -> sub
     )
 
 
-def create_merchant(workdir: Path, name: str = "Test Shop") -> dict[str, Any]:
+def create_merchant(workdir: Path, *extra: str, name: str = "Test Shop") -> dict[str, Any]:
     btc, eth = demo_account_keys()
-    result = run_cli(workdir, "merchants", "create", "--name", name, "--btc-xpub", btc, "--eth-xpub", eth)
+    result = run_cli(
+        workdir, "merchants", "create", "--name", name, "--btc-xpub", btc, "--eth-xpub", eth, *extra
+    )
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)  # type: ignore[no-any-return]
 

@@ -37,8 +37,8 @@ def test_migrate_creates_the_schema_and_is_idempotent(tmp_path: Path) -> None:
     versions = [row[0] for row in conn.execute("SELECT version FROM schema_migrations")]
     tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     conn.close()
-    assert versions == [1, 2, 3, 4]
-    assert {"merchants", "invoices", "outbox", "api_keys", "idempotency_keys", "chain_blocks"} <= tables
+    assert versions == [1, 2, 3, 4, 5]
+    assert {"merchants", "invoices", "outbox", "api_keys", "idempotency_keys", "chain_blocks", "rate_history"} <= tables
 
 
 def test_merchant_lifecycle_from_the_command_line(tmp_path: Path) -> None:
@@ -88,6 +88,19 @@ def test_bad_merchant_input_exits_with_a_reason(tmp_path: Path) -> None:
     assert result.returncode == 2 and "--assets" in result.stderr
     result = run_cli(tmp_path, "merchants", "disable", "mer_doesnotexist")
     assert result.returncode == 1 and "not found" in result.stderr
+
+
+def test_a_merchants_spread_is_set_at_onboarding_and_changed_later(tmp_path: Path) -> None:
+    created = create_merchant(tmp_path, "--spread-bps", "120")
+    merchant_id = created["merchant"]["id"]
+    assert created["merchant"]["spread_bps"] == 120
+    changed = run_cli(tmp_path, "merchants", "set-spread", merchant_id, "45")
+    assert changed.returncode == 0, changed.stderr
+    assert json.loads(changed.stdout)["spread_bps"] == 45
+    refused = run_cli(tmp_path, "merchants", "set-spread", merchant_id, "10000")
+    assert refused.returncode == 2 and "spread_bps" in refused.stderr
+    listed = json.loads(run_cli(tmp_path, "merchants", "list").stdout.splitlines()[0])
+    assert listed["spread_bps"] == 45
 
 
 def test_serve_starts_with_no_configuration_and_stops_cleanly(tmp_path: Path) -> None:
