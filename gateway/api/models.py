@@ -78,7 +78,8 @@ class RateOut(BaseModel):
         description="Locked rate: KZT per whole coin, decimal string, after the merchant's spread."
     )
     mid_kzt_per_unit: str | None = Field(
-        default=None, description="The market rate before the spread (absent on invoices created before migration 0005)."
+        default=None,
+        description="The market rate before the spread (absent on invoices created before migration 0005).",
     )
     sources: list[str]
     observed_at: str

@@ -38,7 +38,15 @@ def test_migrate_creates_the_schema_and_is_idempotent(tmp_path: Path) -> None:
     tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     conn.close()
     assert versions == [1, 2, 3, 4, 5]
-    assert {"merchants", "invoices", "outbox", "api_keys", "idempotency_keys", "chain_blocks", "rate_history"} <= tables
+    assert {
+        "merchants",
+        "invoices",
+        "outbox",
+        "api_keys",
+        "idempotency_keys",
+        "chain_blocks",
+        "rate_history",
+    } <= tables
 
 
 def test_merchant_lifecycle_from_the_command_line(tmp_path: Path) -> None:
