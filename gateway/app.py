@@ -39,12 +39,14 @@ from gateway.api.state import (
     SERVICE,
     STORE,
     WATCHERS,
+    WEBHOOKS,
 )
 from gateway.chains.bitcoin import BitcoinWatcher, WatcherSettings, check_bitcoin_node
 from gateway.chains.bitcoin_rpc import BitcoinRpc, RpcEndpoint, RpcUnavailable
 from gateway.chains.chain_state import ChainState
 from gateway.chains.ethereum import EthereumSettings, EthereumWatcher, check_ethereum_node
 from gateway.chains.watcher import WatcherRefused
+from gateway.checkout import setup_checkout
 from gateway.clock import Clock, SystemClock
 from gateway.config import Config
 from gateway.extensions import Extensions
@@ -55,6 +57,11 @@ from gateway.rates import RateSource
 from gateway.rates.history import RateHistory
 from gateway.rates.live import ConfiguredRates
 from gateway.store import Store, open_store
+from gateway.webhooks import api as webhooks_api
+from gateway.webhooks.dispatcher import WebhookDispatcher, settings_from_config
+from gateway.webhooks.endpoints import EndpointRegistry
+from gateway.webhooks.fanout import WebhookFanout
+from gateway.webhooks.targets import TargetPolicy
 
 log = structlog.get_logger("gateway.app")
 
@@ -80,6 +87,7 @@ def create_app(
     app.cleanup_ctx.append(_chain_guard_ctx)
     app.cleanup_ctx.append(_store_ctx(store))
     app.cleanup_ctx.append(_services_ctx(rates))
+    app.cleanup_ctx.append(_webhooks_ctx)
     app.cleanup_ctx.append(_outbox_ctx)
     app.cleanup_ctx.append(_expiry_sweeper_ctx)
     app.cleanup_ctx.append(_bitcoin_watcher_ctx)
@@ -87,6 +95,8 @@ def create_app(
     app.add_routes(invoices.routes)
     app.add_routes(health.routes)
     app.add_routes(rates_api.routes)
+    app.add_routes(webhooks_api.routes)
+    setup_checkout(app)  # the public /i/ page and its event-stream hub (after the store's context)
     openapi = build_openapi(ext.routes, invoices=config.invoices)
 
     async def openapi_json(request: web.Request) -> web.Response:
@@ -183,8 +193,25 @@ async def _prime_address_pool(store: Store, pool: AddressPool) -> None:
         pool.prime(Chain(row["chain"]), row["account_key"], int(row["next_index"]))
 
 
+async def _webhooks_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The endpoint registry for the API, and the dispatcher delivering what the fan-out consumer queues."""
+    cfg = app[CONFIG].webhooks
+    policy = TargetPolicy(
+        allow_loopback=cfg.allow_loopback, allow_private=cfg.allow_private, require_https=cfg.require_https
+    )
+    app[webhooks_api.ENDPOINTS] = EndpointRegistry(
+        app[STORE], app[CLOCK], policy, max_per_merchant=cfg.max_endpoints_per_merchant
+    )
+    dispatcher = WebhookDispatcher(app[STORE], app[CLOCK], settings_from_config(cfg), policy)
+    app[WEBHOOKS] = dispatcher
+    dispatcher.start()
+    yield
+    await dispatcher.stop()
+
+
 async def _outbox_ctx(app: web.Application) -> AsyncIterator[None]:
-    runner = OutboxRunner(app[STORE], app[CLOCK], app[EXTENSIONS].consumers)
+    consumers = [WebhookFanout(app[CLOCK]), *app[EXTENSIONS].consumers]
+    runner = OutboxRunner(app[STORE], app[CLOCK], consumers)
     app[OUTBOX] = runner
     runner.start()
     yield

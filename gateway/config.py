@@ -336,6 +336,55 @@ class AddressesConfig(_Section):
     derive_workers: Annotated[int, Field(ge=0, le=16)] = 1
 
 
+def _default_retry_schedule() -> list[float]:
+    # 19 waits after the first attempt: 20 attempts over about 2.9 days, dense at first (a receiver that is
+    # restarting), then hours apart (one that is down for a weekend).
+    return [
+        5,
+        30,
+        120,
+        300,
+        600,
+        1200,
+        1800,
+        3600,
+        3600,
+        7200,
+        7200,
+        10800,
+        10800,
+        14400,
+        14400,
+        21600,
+        21600,
+        43200,
+        86400,
+    ]
+
+
+class WebhooksConfig(_Section):
+    timeout_seconds: Annotated[float, Field(gt=0, le=60)] = 10.0
+    retry_schedule_seconds: list[Annotated[float, Field(ge=0)]] = Field(
+        default_factory=_default_retry_schedule
+    )
+    jitter: Annotated[float, Field(ge=0, le=0.5)] = 0.2
+    disable_after_seconds: Annotated[float, Field(gt=0)] = 3 * 24 * 3600.0
+    max_in_flight: Annotated[int, Field(ge=1, le=10_000)] = 256
+    max_in_flight_per_endpoint: Annotated[int, Field(ge=1, le=1000)] = 32
+    lease_seconds: Annotated[float, Field(gt=0)] = 60.0
+    allow_loopback: bool = True  # the local pilot's shops run on this machine
+    allow_private: bool = False
+    require_https: bool = False
+    max_endpoints_per_merchant: Annotated[int, Field(ge=1, le=1000)] = 16
+
+    @field_validator("retry_schedule_seconds")
+    @classmethod
+    def _some_retries(cls, value: list[float]) -> list[float]:
+        if len(value) > 100:
+            raise ValueError("at most 100 retries")
+        return value
+
+
 class Config(_Section):
     server: ServerConfig = Field(default_factory=ServerConfig)
     store: StoreConfig = Field(default_factory=StoreConfig)
@@ -348,6 +397,7 @@ class Config(_Section):
     confirmations: ConfirmationsConfig = Field(default_factory=ConfirmationsConfig)
     merchants: MerchantsConfig = Field(default_factory=MerchantsConfig)
     addresses: AddressesConfig = Field(default_factory=AddressesConfig)
+    webhooks: WebhooksConfig = Field(default_factory=WebhooksConfig)
 
     @property
     def public_url(self) -> str:

@@ -16,6 +16,7 @@ import structlog
 
 _SECRET_SHAPES = re.compile(
     r"cc_(?:test|live)_[0-9a-z]{20,}"  # API keys
+    r"|whsec_[0-9A-Za-z_-]{20,}"  # webhook signing secrets
     r"|\b[xtuvyz]pub[1-9A-HJ-NP-Za-km-z]{100,112}"  # BIP32 extended public keys
     r"|\b[xtuvyz]prv[1-9A-HJ-NP-Za-km-z]{100,112}"  # and private ones, if someone pastes one
 )

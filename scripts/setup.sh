@@ -26,3 +26,8 @@ if [ ! -f "$node_stamp" ]; then
   npm_config_nodedir=${npm_config_nodedir:-/usr} npm ci --no-audit --no-fund --loglevel=error
   touch "$node_stamp"
 fi
+# Debian's Chromium for the browser tests (tests/browser drives it with Playwright; never `playwright install`)
+command -v chromium >/dev/null 2>&1 || {
+  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; } ||
+    echo "could not install Chromium (apt-get install chromium chromium-driver); the browser tests need it" >&2
+}

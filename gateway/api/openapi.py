@@ -15,6 +15,7 @@ from pydantic.json_schema import models_json_schema
 from gateway.api import models
 from gateway.config import InvoicesConfig
 from gateway.extensions import RouteExtension
+from gateway.webhooks import openapi as webhook_openapi
 
 _COMPONENT_MODELS: tuple[type[BaseModel], ...] = (
     models.CreateInvoiceRequest,
@@ -23,7 +24,10 @@ _COMPONENT_MODELS: tuple[type[BaseModel], ...] = (
     models.PaymentList,
     models.ProblemOut,
     models.HealthOut,
+    *webhook_openapi.REQUEST_MODELS,
+    *webhook_openapi.RESPONSE_MODELS,
 )
+_REQUEST_MODELS = (models.CreateInvoiceRequest, *webhook_openapi.REQUEST_MODELS)
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -318,15 +322,13 @@ def build_openapi(
     server_url: str | None = None,
 ) -> dict[str, Any]:
     _, schema = models_json_schema(
-        [
-            (m, "validation" if m is models.CreateInvoiceRequest else "serialization")
-            for m in _COMPONENT_MODELS
-        ],
+        [(m, "validation" if m in _REQUEST_MODELS else "serialization") for m in _COMPONENT_MODELS],
         ref_template="#/components/schemas/{model}",
     )
     schemas: dict[str, Any] = dict(schema.get("$defs", {}))
     _apply_limits(schemas["CreateInvoiceRequest"], invoices or InvoicesConfig())
     paths = _paths()
+    paths.update(webhook_openapi.webhook_paths(_problem, _AUTH_ERRORS))
     for extension in extensions:
         paths.update(extension.openapi_paths)
         schemas.update(extension.openapi_schemas)

@@ -13,6 +13,7 @@ from gateway.invoices.service import InvoiceService
 from gateway.outbox import OutboxRunner
 from gateway.rates.live import ConfiguredRates
 from gateway.store import Store
+from gateway.webhooks.dispatcher import WebhookDispatcher
 
 CONFIG = web.AppKey("config", Config)
 CLOCK = web.AppKey("clock", Clock)
@@ -23,6 +24,7 @@ ADDRESSES = web.AppKey("addresses", AddressPool)
 SERVICE = web.AppKey("service", InvoiceService)
 OUTBOX = web.AppKey("outbox", OutboxRunner)
 RATES = web.AppKey("rates", ConfiguredRates)
+WEBHOOKS = web.AppKey("webhooks", WebhookDispatcher)
 # Chain watchers running in this process, by chain name ("bitcoin"); /readyz reports their health.
 WATCHERS = web.AppKey("watchers", dict)
 
