@@ -34,7 +34,10 @@ def run(invoices: int, batch: int, path: Path) -> dict[str, float]:
     conn = sqlite3.connect(path, isolation_level=None)
     _configure(conn, 5000)
     apply_sqlite_migrations(conn)
-    conn.execute("INSERT INTO merchants VALUES ('m', 'n', 'b', 'e', '[]', NULL, 'active', 't', 't')")
+    conn.execute(
+        "INSERT INTO merchants (id, name, btc_account_key, eth_account_key, accepted_assets,"
+        " default_expiry_seconds, status, created_at, updated_at) VALUES ('m', 'n', 'b', 'e', '[]', NULL, 'active', 't', 't')"
+    )
     state, quote, methods, payload = (
         "s" * STATE_BYTES,
         "q" * QUOTE_BYTES,
