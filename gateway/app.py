@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import multiprocessing
+import os
 import sys
 from collections.abc import AsyncIterator, Awaitable
 from concurrent.futures import ProcessPoolExecutor
@@ -23,6 +24,7 @@ from web3 import AsyncHTTPProvider, AsyncWeb3
 
 from gateway.accounts.merchants import MerchantRegistry
 from gateway.address_pool import AddressPool, IndexAllocator
+from gateway.aio import exit_with_parent
 from gateway.api import health, invoices
 from gateway.api import rates as rates_api
 from gateway.api.middleware import merchant_auth_middleware, request_context_middleware
@@ -135,7 +137,10 @@ def _services_ctx(rates: RateSource | None) -> Any:
         if cfg.addresses.derive_workers > 0:
             # spawn, not fork: the gateway process already runs threads (store commits, aiosqlite readers)
             workers = ProcessPoolExecutor(
-                cfg.addresses.derive_workers, mp_context=multiprocessing.get_context("spawn")
+                cfg.addresses.derive_workers,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=exit_with_parent,
+                initargs=(os.getpid(),),
             )
         pool = AddressPool(
             btc_hrp=cfg.bitcoin.bech32_hrp, pool_size=cfg.addresses.pool_size, executor=workers
@@ -175,6 +180,8 @@ def _services_ctx(rates: RateSource | None) -> Any:
             merchant_terms=merchant_terms,
         )
         await _prime_address_pool(store, pool)
+        for hook in app[EXTENSIONS].on_start:
+            await hook(app)
         yield
         await configured.stop()
         await indexes.close()

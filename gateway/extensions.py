@@ -6,7 +6,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
@@ -98,6 +98,10 @@ class RouteExtension:
     app: web.Application
     openapi_paths: dict[str, Any] = field(default_factory=dict)
     openapi_schemas: dict[str, Any] = field(default_factory=dict)
+    openapi_security_schemes: dict[str, Any] = field(default_factory=dict)
+
+
+StartHook = Callable[[web.Application], Awaitable[None]]
 
 
 @dataclass(slots=True)
@@ -106,3 +110,6 @@ class Extensions:
     payment_policy: PaymentPolicy = field(default_factory=AcceptAllPayments)
     consumers: Sequence[OutboxConsumer] = ()
     routes: Sequence[RouteExtension] = ()
+    # Called once the store, clock and rates exist (before the API serves), so an extension can take what it
+    # needs from the app (the sandbox takes the store and the official USD rate).
+    on_start: Sequence[StartHook] = ()

@@ -23,6 +23,7 @@ from typing import Any, Protocol
 import structlog
 
 from gateway import jsonutil
+from gateway.aio import wait_for_event
 from gateway.clock import Clock, isoformat
 from gateway.ids import new_id
 from gateway.store import Store, Tx
@@ -225,5 +226,4 @@ class OutboxRunner:
                 continue
             if handled:
                 continue
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(wakeup.wait(), timeout=self._poll)
+            await wait_for_event(wakeup, self._poll)

@@ -329,9 +329,13 @@ def build_openapi(
     _apply_limits(schemas["CreateInvoiceRequest"], invoices or InvoicesConfig())
     paths = _paths()
     paths.update(webhook_openapi.webhook_paths(_problem, _AUTH_ERRORS))
+    security: dict[str, Any] = {
+        "apiKey": {"type": "http", "scheme": "bearer", "description": "Merchant API key, cc_test_…"}
+    }
     for extension in extensions:
         paths.update(extension.openapi_paths)
         schemas.update(extension.openapi_schemas)
+        security.update(extension.openapi_security_schemes)
     document: dict[str, Any] = {
         "openapi": "3.1.0",
         "info": {
@@ -343,9 +347,7 @@ def build_openapi(
         "paths": paths,
         "components": {
             "schemas": schemas,
-            "securitySchemes": {
-                "apiKey": {"type": "http", "scheme": "bearer", "description": "Merchant API key, cc_test_…"}
-            },
+            "securitySchemes": security,
         },
     }
     if server_url:

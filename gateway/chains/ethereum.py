@@ -42,6 +42,7 @@ from hexbytes import HexBytes
 from web3 import AsyncWeb3
 
 from gateway.addresses import checksum_eth_address as to_checksum_address
+from gateway.aio import wait_for_event
 from gateway.chains.chain_state import ChainState, StoredBlock, TrackedPayment
 from gateway.chains.watcher import ChainWatcher, PaymentSink, WatcherRefused
 from gateway.invoices.service import PaymentFact
@@ -159,8 +160,7 @@ class EthereumWatcher(ChainWatcher[str]):
     async def _wait_for_next_poll(self) -> None:
         # Cleared after waking, before the poll: a head announced while a poll runs wakes the next one at
         # once, and the head that woke this one is the one the coming poll reads.
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._head_seen.wait(), timeout=self._poll_interval)
+        await wait_for_event(self._head_seen, self._poll_interval)
         self._head_seen.clear()
 
     async def _follow_heads(self) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -118,6 +118,9 @@ class CreateResult:
     body: bytes
     invoice_id: str
     replayed: bool
+
+
+TxHook = Callable[[Tx], Awaitable[None]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -500,14 +503,20 @@ class InvoiceService:
     async def accept_late(self, merchant_id: str, invoice_id: str) -> InvoiceRecord:
         return await self._change(invoice_id, merchant_id, lambda record: AcceptLate())
 
-    async def release_hold(self, invoice_id: str, payment_key: str) -> InvoiceRecord:
+    async def release_hold(
+        self, invoice_id: str, payment_key: str, *, also: TxHook | None = None
+    ) -> InvoiceRecord:
+        """Release a held payment; ``also`` runs in the same transaction (the regulator's record of it)."""
         return await self._change(
-            invoice_id, None, lambda record: ReleaseHold(payment_key), payment_key=payment_key
+            invoice_id, None, lambda record: ReleaseHold(payment_key), payment_key=payment_key, also=also
         )
 
-    async def refund_hold(self, invoice_id: str, payment_key: str) -> InvoiceRecord:
+    async def refund_hold(
+        self, invoice_id: str, payment_key: str, *, also: TxHook | None = None
+    ) -> InvoiceRecord:
+        """Order a held payment refunded; ``also`` runs in the same transaction."""
         return await self._change(
-            invoice_id, None, lambda record: RefundHold(payment_key), payment_key=payment_key
+            invoice_id, None, lambda record: RefundHold(payment_key), payment_key=payment_key, also=also
         )
 
     async def forget_idempotency_keys(self) -> int:
@@ -651,6 +660,7 @@ class InvoiceService:
         merchant_id: str | None,
         make_event: Callable[[InvoiceRecord], Event],
         payment_key: str | None = None,
+        also: TxHook | None = None,
     ) -> InvoiceRecord:
         now = self._clock.now()
 
@@ -660,6 +670,8 @@ class InvoiceService:
                 raise InvoiceNotFound(invoice_id)
             updated = await self._apply(tx, record, make_event(record), now)
             assert updated is not None
+            if also is not None:
+                await also(tx)
             return updated
 
         try:

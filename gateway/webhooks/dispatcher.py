@@ -39,6 +39,7 @@ import aiohttp
 import structlog
 from aiohttp.abc import AbstractResolver
 
+from gateway.aio import wait_for_event
 from gateway.clock import Clock, isoformat, parse_isoformat
 from gateway.config import WebhooksConfig
 from gateway.ids import new_id
@@ -113,6 +114,7 @@ class WebhookDispatcher:
         self._per_endpoint: Counter[str] = Counter()
         self._wakeup = asyncio.Event()
         self.attempts_made = 0
+        self._stopping = False
         store.on_commit(self._wakeup.set)
 
     # -- lifecycle -------------------------------------------------------------------------------------
@@ -120,6 +122,7 @@ class WebhookDispatcher:
     def start(self) -> None:
         if self._loop_task is not None:
             return
+        self._stopping = False
         resolver = GuardedResolver(self._policy, self._resolver or aiohttp.ThreadedResolver())
         connector = aiohttp.TCPConnector(
             resolver=resolver,
@@ -134,6 +137,7 @@ class WebhookDispatcher:
 
     async def stop(self) -> None:
         """Stop claiming and cancel attempts in flight: their leases run out and they are attempted again."""
+        self._stopping = True
         task, self._loop_task = self._loop_task, None
         if task is not None:
             task.cancel()
@@ -158,7 +162,7 @@ class WebhookDispatcher:
 
     async def _loop(self) -> None:
         failures = 0
-        while True:
+        while not self._stopping:
             self._wakeup.clear()
             try:
                 jobs = await self._claim()
@@ -174,8 +178,7 @@ class WebhookDispatcher:
                 self._spawn(job)
             if jobs and self.in_flight < self._settings.max_in_flight:
                 continue
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wakeup.wait(), timeout=self._settings.poll_seconds)
+            await wait_for_event(self._wakeup, self._settings.poll_seconds)
 
     def _spawn(self, job: Job) -> None:
         self._per_endpoint[job.endpoint_id] += 1

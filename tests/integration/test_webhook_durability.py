@@ -80,8 +80,13 @@ async def test_pending_deliveries_survive_sigkill(tmp_path: Path, aiohttp_server
                     created.append((await response.json())["id"])
         # Every delivery has been attempted and failed at least once: all 50 are pending retries now.
         await until(lambda: receiver.failed >= INVOICES, 60, "the 50 first attempts did not happen")
+        pid = gateway.process.pid
+        children = (await asyncio.to_thread(Path(f"/proc/{pid}/task/{pid}/children").read_text)).split()
+        assert children, "the gateway runs an address-derivation worker process"
         gateway.process.send_signal(signal.SIGKILL)
         assert gateway.process.wait(timeout=30) == -signal.SIGKILL
+        # Its worker processes do not outlive it (they watch their parent and exit).
+        await until(lambda: not any(Path(f"/proc/{c}").exists() for c in children), 15, "orphaned workers")
     finally:
         gateway.stop()
 
