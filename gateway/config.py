@@ -385,6 +385,81 @@ class WebhooksConfig(_Section):
         return value
 
 
+_LIMIT_UNITS = ("KZT", "USD", "MRP")
+
+
+def _valid_limit(value: str) -> str:
+    """A limit is "<amount> <unit>", unit KZT, USD (at the official rate) or MRP (the monthly index)."""
+    parts = value.split()
+    if len(parts) != 2 or parts[1] not in _LIMIT_UNITS:
+        raise ValueError(f'must be "<amount> KZT|USD|MRP", got {value!r}')
+    try:
+        amount = Decimal(parts[0])
+    except ArithmeticError:
+        raise ValueError(f"{parts[0]!r} is not a number") from None
+    if not amount.is_finite() or amount < 0:
+        raise ValueError(f"{parts[0]!r} must be a non-negative number")
+    return value
+
+
+class TierLimitsConfig(_Section):
+    per_operation: str
+    monthly: str
+
+    @field_validator("per_operation", "monthly")
+    @classmethod
+    def _limit(cls, value: str) -> str:
+        return _valid_limit(value)
+
+
+class SandboxTiersConfig(_Section):
+    anonymous: TierLimitsConfig = Field(
+        default_factory=lambda: TierLimitsConfig(per_operation="3 MRP", monthly="50 MRP")
+    )
+    basic: TierLimitsConfig = Field(
+        default_factory=lambda: TierLimitsConfig(per_operation="1000 USD", monthly="1000 USD")
+    )
+    verified: TierLimitsConfig = Field(
+        default_factory=lambda: TierLimitsConfig(per_operation="10000 USD", monthly="10000 USD")
+    )
+
+
+class SandboxConfig(_Section):
+    """The regulatory sandbox's rules (sandbox/); the gateway itself never reads them."""
+
+    enabled: bool = True
+    timezone: str = "Asia/Almaty"
+    mrp_kzt: str = "4325.00"
+    usd_kzt: str = "505.00"
+    allowed_assets: list[Asset] = Field(default_factory=lambda: [Asset.BTC, Asset.ETH, Asset.USDT])
+    aggregate_cap: str = "200000 USD"
+    travel_rule_threshold: str = "1000 USD"
+    tiers: SandboxTiersConfig = Field(default_factory=SandboxTiersConfig)
+
+    @field_validator("aggregate_cap", "travel_rule_threshold")
+    @classmethod
+    def _limit(cls, value: str) -> str:
+        return _valid_limit(value)
+
+    @field_validator("mrp_kzt", "usd_kzt")
+    @classmethod
+    def _kzt(cls, value: str) -> str:
+        if _kzt_to_tiyn(value) <= 0:
+            raise ValueError("must be positive")
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {value!r}") from None
+        return value
+
+
 class Config(_Section):
     server: ServerConfig = Field(default_factory=ServerConfig)
     store: StoreConfig = Field(default_factory=StoreConfig)
@@ -398,6 +473,7 @@ class Config(_Section):
     merchants: MerchantsConfig = Field(default_factory=MerchantsConfig)
     addresses: AddressesConfig = Field(default_factory=AddressesConfig)
     webhooks: WebhooksConfig = Field(default_factory=WebhooksConfig)
+    sandbox: SandboxConfig = Field(default_factory=SandboxConfig)
 
     @property
     def public_url(self) -> str:

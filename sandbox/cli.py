@@ -26,21 +26,30 @@ from rich.console import Console
 from rich.table import Table
 
 from gateway.accounts.merchants import MerchantError, MerchantNotFound, MerchantRegistry
+from gateway.api.state import CLOCK, STORE
 from gateway.app import create_app
 from gateway.chains.bitcoin_rpc import RpcError, RpcUnavailable
 from gateway.chains.watcher import WatcherRefused
 from gateway.clock import SystemClock
 from gateway.config import Config, ConfigError, default_config_path, load_config
+from gateway.extensions import Extensions
 from gateway.logging import configure_logging
 from gateway.money import AmountError, Asset, format_minor_units, parse_decimal_amount
 from gateway.rates.live import ConfiguredRates
 from gateway.store import SqliteStore, StoreError, open_store
+from sandbox.audit import AuditKey, audit_extensions, record_startup
+from sandbox.audit.cli import add_audit_commands, run_audit_command
+from sandbox.audit.keys import AuditKeyError
 from sandbox.demo import DEMO_MERCHANT_NAME, demo_account_keys
 from sandbox.devnets.bitcoin import REGTEST_HRP, SEGWIT_HEIGHT, BitcoinDevnet
 from sandbox.devnets.ethereum import EthereumDevnet
 from sandbox.devnets.process import DevnetError
+from sandbox.extension import sandbox_extensions
 from sandbox.ledger.api import ledger_extensions
-from wallets.bitcoin import BitcoinWallet, WalletError
+from sandbox.limits import Tier
+from sandbox.operator_cli import add_sandbox_commands, run_sandbox_command
+from sandbox.registry import Registry
+from wallets.bitcoin import CHANGE, EXTERNAL, BitcoinWallet, WalletError
 from wallets.cli import add_wallet_commands, run_wallet_command
 from wallets.ethereum import EthereumWallet
 
@@ -137,6 +146,8 @@ def _parser() -> argparse.ArgumentParser:
     revoke.add_argument("lookup")
 
     add_wallet_commands(sub)  # wallet pay: a resident's wallet (wallets/cli.py)
+    add_sandbox_commands(sub)  # sandbox resident|wallet|merchant|token (operator_cli.py)
+    add_audit_commands(sub)  # audit verify|head (sandbox/audit/cli.py)
     return parser
 
 
@@ -172,12 +183,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_devnet_ethereum(args))
         if args.command == "devnet":
             return asyncio.run(_devnet_bitcoin(args))
+        if args.command == "sandbox":
+            return asyncio.run(run_sandbox_command(args, config))
+        if args.command == "audit":
+            return asyncio.run(run_audit_command(args, config))
         return asyncio.run(_merchants(config, args))
     except StoreError as exc:
         print(f"store error: {exc}", file=sys.stderr)
         return 1
     except WatcherRefused as exc:  # the configured node is on another chain (or on mainnet)
         print(f"refused to start: {exc}", file=sys.stderr)
+        return 2
+    except AuditKeyError as exc:
+        print(f"audit key: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
@@ -487,6 +505,8 @@ class _DemoChains:
     resident_file: Path
     resident_btc: str
     resident_eth: str
+    # The wallet's first receive and change scripts: registered with the sandbox so its payments count.
+    resident_scripts: tuple[str, ...] = ()
 
 
 async def _start_devnets(config: Config, stack: contextlib.AsyncExitStack) -> tuple[Config, _DemoChains]:
@@ -505,8 +525,27 @@ async def _start_devnets(config: Config, stack: contextlib.AsyncExitStack) -> tu
     data["bitcoin"]["rpc"].update(url=btc.url, user="cryptocity", password=btc.api_key)
     data["ethereum"].update(chain_id=eth.chain_id, token_address=eth.token_address)
     data["ethereum"]["rpc"].update(url=eth.url)
-    chains = _DemoChains(btc, eth, resident_file, btc_wallet.address(1), eth_wallet.address)
+    scripts = tuple(
+        btc_wallet.script_pubkey(index, chain=chain).hex()
+        for chain in (EXTERNAL, CHANGE)
+        for index in range(50)
+    )
+    chains = _DemoChains(btc, eth, resident_file, btc_wallet.address(1), eth_wallet.address, scripts)
     return Config.model_validate(data), chains
+
+
+async def _register_demo_resident(config: Config, chains: _DemoChains) -> str:
+    """The demo resident as the KYC operator would register it (basic tier), with its wallets."""
+    store = await open_store(config.store)
+    try:
+        registry = Registry(store, SystemClock())
+        resident = await registry.add_resident(Tier.BASIC, originator_data=True)
+        for script in chains.resident_scripts:
+            await registry.register_wallet(resident.id, "bitcoin", script, "demo wallet")
+        await registry.register_wallet(resident.id, "ethereum", chains.resident_eth, "demo wallet")
+        return resident.id
+    finally:
+        await store.close()
 
 
 def _write_demo_resident(store_path: Path, words: str) -> tuple[Path, Path]:
@@ -537,8 +576,28 @@ async def _serve(config: Config, *, demo: bool, devnets: bool = False) -> int:
         return await _serve_gateway(config, demo=demo, chains=chains)
 
 
+def _pilot_extensions(config: Config) -> Extensions:
+    """The pilot around the gateway: the audit log and the ledger always; the sandbox's limits, holds and
+    regulator API unless ``sandbox.enabled`` is off."""
+    audit_key = AuditKey.load()  # None: entries are appended, heads carry no MAC
+
+    async def audit_startup(app: web.Application) -> None:
+        await record_startup(app[STORE], app[CLOCK], config, audit_key)
+
+    audit = audit_extensions(audit_key)
+    extra = Extensions(consumers=audit.consumers, on_start=[audit_startup])
+    if config.sandbox.enabled:
+        return sandbox_extensions(config.sandbox, extra)
+    ledger = ledger_extensions()
+    return Extensions(
+        consumers=[*ledger.consumers, *extra.consumers], routes=ledger.routes, on_start=extra.on_start
+    )
+
+
 async def _serve_gateway(config: Config, *, demo: bool, chains: _DemoChains | None) -> int:
     demo_key = await _demo_merchant(config) if demo else None
+    if chains is not None and config.sandbox.enabled:
+        await _register_demo_resident(config, chains)
     # Bind first, so that with port 0 the links the API returns carry the port actually chosen.
     listener = socket.socket(socket.AF_INET6 if ":" in config.server.host else socket.AF_INET)
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -546,8 +605,7 @@ async def _serve_gateway(config: Config, *, demo: bool, chains: _DemoChains | No
     if config.server.port == 0:
         bound_server = config.server.model_copy(update={"port": listener.getsockname()[1]})
         config = config.model_copy(update={"server": bound_server})
-    # The sandbox composes the pilot around the gateway: for now its digital-tenge ledger, fed by the outbox.
-    app = create_app(config, ledger_extensions())
+    app = create_app(config, _pilot_extensions(config))
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=config.server.shutdown_timeout_seconds)
     await runner.setup()
     site = web.SockSite(runner, listener)

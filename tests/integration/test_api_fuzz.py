@@ -15,14 +15,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.gateway_process import create_merchant, start_gateway
+from tests.integration.gateway_process import cli_env, create_merchant, start_gateway
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 def test_no_server_errors_anywhere_in_the_api(tmp_path: Path) -> None:
     merchant = create_merchant(tmp_path)
-    gateway = start_gateway(tmp_path)
+    # With the sandbox on, so the regulator API is in the document too (with a merchant key it must answer 403).
+    gateway = start_gateway(tmp_path, env=cli_env(tmp_path, CRYPTOCITY_SANDBOX__ENABLED="true"))
     examples = os.environ.get("CRYPTOCITY_SCHEMATHESIS_EXAMPLES", "25")
     try:
         # one real invoice, so that generated ids sometimes hit and the 200 paths are exercised too

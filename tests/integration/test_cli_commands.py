@@ -37,7 +37,7 @@ def test_migrate_creates_the_schema_and_is_idempotent(tmp_path: Path) -> None:
     versions = [row[0] for row in conn.execute("SELECT version FROM schema_migrations")]
     tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     conn.close()
-    assert versions == [1, 2, 3, 4, 5, 6]
+    assert versions == [1, 2, 3, 4, 5, 6, 7, 8]
     assert {
         "merchants",
         "invoices",
@@ -151,7 +151,9 @@ def test_a_wrong_setting_stops_serve_with_one_line(tmp_path: Path) -> None:
 
 
 def test_serve_demo_with_devnets_settles_a_wallet_payment_on_each_chain(tmp_path: Path) -> None:
-    gateway = start_gateway(tmp_path, "--demo", "--devnets", deadline=120)
+    # The demo registers its resident's wallets with the sandbox; the regulator's audit key signs the chain head.
+    env = cli_env(tmp_path, CRYPTOCITY_SANDBOX__ENABLED="true", CRYPTOCITY_AUDIT_KEY="ab" * 32)
+    gateway = start_gateway(tmp_path, "--demo", "--devnets", env=env, deadline=120)
     try:
         assert gateway.process.stdout is not None
         banner = gateway.banner
@@ -187,6 +189,16 @@ def test_serve_demo_with_devnets_settles_a_wallet_payment_on_each_chain(tmp_path
             time.sleep(0.2)
         with sqlite3.connect(tmp_path / "gateway.sqlite3") as db:
             assert db.execute("SELECT COALESCE(SUM(amount_tiyn), 0) FROM ledger_lines").fetchone()[0] == 0
+            # the sandbox judged both payments as the registered demo resident's, and accepted them
+            decisions = db.execute("SELECT resident_id, decision FROM sandbox_payments").fetchall()
+        assert len(decisions) == 2 and all(r and d == "accepted" for r, d in decisions)
+        # the regulator sees the volume, and the audit log's chain verifies
+        token = json.loads(run_cli(tmp_path, "sandbox", "token", "create", env=env).stdout)["token"]
+        status, summary = gateway.request("GET", "/sandbox/v1/summary", key=token)
+        assert status == 200 and summary["payments"]["judged"] == 2 and summary["payments"]["held"] == 0
+        verified = run_cli(tmp_path, "audit", "verify", env=env)
+        assert verified.returncode == 0, verified.stdout + verified.stderr
+        assert verified.stdout.startswith("OK") and "unauthenticated" not in verified.stdout, verified.stdout
     finally:
         assert gateway.stop() == 0
 

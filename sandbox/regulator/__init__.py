@@ -1,0 +1,1 @@
+"""The regulator's side of the sandbox: API tokens, the /sandbox/v1 API and its views."""

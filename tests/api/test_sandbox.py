@@ -1,0 +1,316 @@
+"""The sandbox around the real gateway: limits, holds, the aggregate cap, licences, and the regulator API.
+
+Payments enter the way a watcher hands them over (``InvoiceService.record_payment`` with the payer scripts
+the watcher recovered); the sandbox policy judges each one inside the gateway's transaction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import json
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import pytest
+
+from gateway.config import SandboxConfig
+from gateway.extensions import DetectedPayment
+from gateway.invoices.service import PaymentFact
+from gateway.money import Asset, Chain
+from sandbox.extension import sandbox_extensions
+from sandbox.limits import SandboxRules, Tier
+from sandbox.policy import SandboxPolicy
+from sandbox.registry import Category, Registry
+from sandbox.regulator.tokens import RegulatorTokens
+from tests.conftest import Gateway, GatewayFactory
+
+SCRIPT_A = "0014" + "aa" * 20
+SCRIPT_B = "0014" + "bb" * 20
+USD = Decimal("505.00")  # config's sandbox.usd_kzt
+
+
+async def sandbox_gateway(make_gateway: GatewayFactory, **rules: Any) -> tuple[Gateway, Registry, str]:
+    gateway = await make_gateway(sandbox_extensions(SandboxConfig(**rules)))
+    token = (await RegulatorTokens(gateway.store, gateway.clock).issue("test regulator")).plaintext
+    return gateway, Registry(gateway.store, gateway.clock), token
+
+
+async def resident(registry: Registry, tier: Tier, script: str, *, originator_data: bool = False) -> str:
+    found = await registry.add_resident(tier, originator_data=originator_data)
+    await registry.register_wallet(found.id, "bitcoin", script)
+    return found.id
+
+
+async def pay(
+    gateway: Gateway, invoice: dict[str, Any], key: str, *, script: str | None, amount: int | None = None
+) -> dict[str, Any]:
+    method = next(m for m in invoice["payment_methods"] if m["asset"] == "BTC")
+    fact = PaymentFact(
+        Chain.BITCOIN,
+        method["address"],
+        key,
+        Asset.BTC,
+        method["amount_due_minor"] if amount is None else amount,
+        6,
+        payer=script,
+        payer_scripts=(script,) if script else (),
+    )
+    await gateway.service.record_payment(fact)
+    row = await gateway.store.read(
+        lambda tx: tx.fetchone("SELECT * FROM sandbox_payments WHERE payment_key = ?", (key,))
+    )
+    assert row is not None
+    return dict(row)
+
+
+def txid(n: int) -> str:
+    return f"{n:064x}:0"
+
+
+async def regulator(gateway: Gateway, method: str, path: str, token: str | None, body: Any = None) -> Any:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    response = await gateway.client.request(method, f"/sandbox/v1{path}", json=body, headers=headers)
+    text = await response.text()
+    try:
+        parsed = json.loads(text)
+    except ValueError:
+        parsed = text
+    return response.status, parsed
+
+
+# -- limits, with the policy called directly on exact tenge values ------------------------------------
+
+
+def detected(
+    value_tiyn: int, *, script: str = SCRIPT_A, when: datetime | None = None, n: int = 1
+) -> DetectedPayment:
+    return DetectedPayment(
+        invoice_id="inv_x",
+        merchant_id="mer_x",
+        chain="bitcoin",
+        payment_key=txid(n),
+        asset=Asset.BTC,
+        amount_minor=1,
+        value_tiyn=value_tiyn,
+        payer=script,
+        detected_at=when or datetime(2026, 12, 10, 12, 0, tzinfo=UTC),
+        payer_scripts=(script,),
+    )
+
+
+@pytest.mark.parametrize(("delta", "held"), [(-1, False), (0, False), (1, True)])
+async def test_the_per_operation_limit_is_inclusive_to_the_tiyn(
+    make_gateway: GatewayFactory, delta: int, held: bool
+) -> None:
+    gateway, registry, _ = await sandbox_gateway(make_gateway)
+    await resident(registry, Tier.ANONYMOUS, SCRIPT_A)
+    limit = 3 * 432_500  # 3 MRP of 4,325 KZT, in tiyn
+    policy = SandboxPolicy(SandboxRules(SandboxConfig()))
+    decision = await gateway.store.transaction(lambda tx: policy.decide(tx, detected(limit + delta)))
+    assert decision.accept is not held
+    assert decision.reason == ("over_operation_limit" if held else None)
+
+
+async def test_the_monthly_limit_counts_the_calendar_month_in_almaty(make_gateway: GatewayFactory) -> None:
+    gateway, registry, _ = await sandbox_gateway(make_gateway)
+    await resident(registry, Tier.BASIC, SCRIPT_A, originator_data=True)  # a whole month's cap in one go
+    policy = SandboxPolicy(SandboxRules(SandboxConfig()))
+    monthly = int(1000 * USD * 100)  # US$1,000 at the official rate, in tiyn
+    november = datetime(2026, 11, 30, 18, 0, tzinfo=UTC)  # 23:00 in Almaty: still November
+    december = datetime(2026, 11, 30, 19, 30, tzinfo=UTC)  # 00:30 on 1 December in Almaty
+
+    async def decide(value: int, when: datetime, n: int) -> Any:
+        return await gateway.store.transaction(lambda tx: policy.decide(tx, detected(value, when=when, n=n)))
+
+    assert (await decide(monthly - 100, november, 1)).accept
+    assert (await decide(101, november, 2)).reason == "over_monthly_limit"  # one tiyn over November's limit
+    assert (await decide(100, november, 3)).accept  # exactly at it
+    assert (await decide(monthly, december, 4)).accept  # a new month in Almaty, though still November in UTC
+    rows = await gateway.store.read(
+        lambda tx: tx.fetchall("SELECT month, decision FROM sandbox_payments ORDER BY payment_key")
+    )
+    assert [(r["month"], r["decision"]) for r in rows] == [
+        ("2026-11", "accepted"),
+        ("2026-11", "held"),
+        ("2026-11", "accepted"),
+        ("2026-12", "accepted"),
+    ]
+
+
+async def test_the_travel_rule_needs_originator_data_from_us_1000(make_gateway: GatewayFactory) -> None:
+    gateway, registry, _ = await sandbox_gateway(make_gateway)
+    await resident(registry, Tier.VERIFIED, SCRIPT_A)
+    await resident(registry, Tier.VERIFIED, SCRIPT_B, originator_data=True)
+    policy = SandboxPolicy(SandboxRules(SandboxConfig()))
+    threshold = int(1000 * USD * 100)
+    below = await gateway.store.transaction(lambda tx: policy.decide(tx, detected(threshold - 1, n=1)))
+    at = await gateway.store.transaction(lambda tx: policy.decide(tx, detected(threshold, n=2)))
+    with_data = await gateway.store.transaction(
+        lambda tx: policy.decide(tx, detected(threshold, script=SCRIPT_B, n=3))
+    )
+    assert below.accept and with_data.accept
+    assert at.reason == "travel_rule_data_missing"
+
+
+async def test_unregistered_payers_and_disallowed_assets_are_held(make_gateway: GatewayFactory) -> None:
+    gateway, registry, _ = await sandbox_gateway(make_gateway, allowed_assets=[Asset.ETH])
+    invoice = await gateway.create_invoice("1000.00", assets=["BTC"])
+    assert (await pay(gateway, invoice, txid(1), script=SCRIPT_B))["reason"] == "unregistered_payer"
+    await resident(registry, Tier.BASIC, SCRIPT_A)
+    other = await gateway.create_invoice("1000.00", assets=["BTC"])
+    assert (await pay(gateway, other, txid(2), script=SCRIPT_A))["reason"] == "asset_not_allowed"
+    record = await gateway.service.get(None, other["id"])
+    assert record.state.status.value == "new"  # a held payment does not move the invoice
+
+
+# -- end to end through the service ---------------------------------------------------------------------
+
+
+async def test_two_concurrent_payments_crossing_the_month_hold_exactly_one(
+    make_gateway: GatewayFactory,
+) -> None:
+    gateway, registry, _ = await sandbox_gateway(make_gateway)
+    await resident(registry, Tier.BASIC, SCRIPT_A)
+    # Two invoices of 300,000 KZT each: either fits under the 505,000 KZT month, both do not.
+    first = await gateway.create_invoice("300000.00", assets=["BTC"])
+    second = await gateway.create_invoice("300000.00", assets=["BTC"])
+    rows = await asyncio.gather(
+        pay(gateway, first, txid(1), script=SCRIPT_A), pay(gateway, second, txid(2), script=SCRIPT_A)
+    )
+    assert sorted(r["decision"] for r in rows) == ["accepted", "held"]
+    assert [r["reason"] for r in rows if r["decision"] == "held"] == ["over_monthly_limit"]
+
+
+async def test_a_suspended_merchant_gets_403_on_new_invoices_and_its_payments_are_held(
+    make_gateway: GatewayFactory,
+) -> None:
+    gateway, registry, token = await sandbox_gateway(make_gateway)
+    await resident(registry, Tier.BASIC, SCRIPT_A)
+    invoice = await gateway.create_invoice("1000.00", assets=["BTC"])
+    status, body = await regulator(
+        gateway, "POST", f"/merchants/{gateway.merchant_id}/suspend", token, {"reason": "licence review"}
+    )
+    assert status == 200 and body["licence_status"] == "suspended"
+    response = await gateway.client.post(
+        "/v1/invoices", json={"amount": "1000.00", "currency": "KZT"}, headers=gateway.auth()
+    )
+    problem = await response.json()
+    assert response.status == 403 and "suspended" in problem["detail"]
+    assert (await pay(gateway, invoice, txid(1), script=SCRIPT_A))["reason"] == "merchant_suspended"
+    status, body = await regulator(gateway, "POST", f"/merchants/{gateway.merchant_id}/reinstate", token, {})
+    assert status == 200 and body["licence_status"] == "active"
+    await gateway.create_invoice("1000.00")
+
+
+async def test_the_aggregate_cap_refuses_new_invoices_with_403(make_gateway: GatewayFactory) -> None:
+    gateway, registry, _ = await sandbox_gateway(make_gateway, aggregate_cap="10000 KZT")
+    await resident(registry, Tier.BASIC, SCRIPT_A)
+    invoice = await gateway.create_invoice("6000.00", assets=["BTC"])
+    await pay(gateway, invoice, txid(1), script=SCRIPT_A)
+    still = await gateway.create_invoice("6000.00", assets=["BTC"])  # 6,000 of 10,000 used: still open
+    await pay(gateway, still, txid(2), script=SCRIPT_A)
+    response = await gateway.client.post(
+        "/v1/invoices", json={"amount": "100.00", "currency": "KZT"}, headers=gateway.auth()
+    )
+    problem = await response.json()
+    assert response.status == 403 and problem["type"].endswith("sandbox-cap-reached")
+    assert "10000 KZT" in problem["detail"]
+
+
+async def test_the_regulator_releases_or_refunds_a_hold_once(make_gateway: GatewayFactory) -> None:
+    gateway, _, token = await sandbox_gateway(make_gateway)
+    released = await gateway.create_invoice("2000.00", assets=["BTC"])
+    refunded = await gateway.create_invoice("2500.00", assets=["BTC"])
+    await pay(gateway, released, txid(1), script=SCRIPT_B)  # unregistered: held
+    await pay(gateway, refunded, txid(2), script=SCRIPT_B)
+
+    status, queue = await regulator(gateway, "GET", "/holds", token)
+    assert status == 200 and {h["payment_key"] for h in queue["data"]} == {txid(1), txid(2)}
+    assert all(h["reason"] == "unregistered_payer" and "payer" not in h for h in queue["data"])
+
+    status, body = await regulator(
+        gateway, "POST", f"/holds/bitcoin/{txid(1)}/release", token, {"note": "checked"}
+    )
+    assert status == 200 and body["resolution"] == "released"
+    assert (await gateway.service.get(None, released["id"])).state.status.value == "settled"
+    status, problem = await regulator(gateway, "POST", f"/holds/bitcoin/{txid(1)}/release", token, {})
+    assert status == 409 and "already" in problem["detail"]
+
+    status, body = await regulator(
+        gateway, "POST", f"/holds/bitcoin/{txid(2)}/refund", token, {"refund_address": "bcrt1qrefund"}
+    )
+    assert status == 200 and body["resolution"] == "refunded" and body["refund_address"] == "bcrt1qrefund"
+    status, _ = await regulator(gateway, "POST", f"/holds/bitcoin/{txid(2)}/release", token, {})
+    assert status == 409
+    status, queue = await regulator(gateway, "GET", "/holds", token)
+    assert queue["data"] == []
+    events = await gateway.store.read(
+        lambda tx: tx.fetchall("SELECT type FROM outbox WHERE type LIKE 'sandbox.hold_%' ORDER BY seq")
+    )
+    assert [e["type"] for e in events] == ["sandbox.hold_released", "sandbox.hold_refunded"]
+
+
+async def test_the_regulator_api_wants_a_regulator_token(make_gateway: GatewayFactory) -> None:
+    gateway, _, token = await sandbox_gateway(make_gateway)
+    assert (await regulator(gateway, "GET", "/summary", None))[0] == 401
+    status, problem = await regulator(gateway, "GET", "/summary", gateway.api_key)
+    assert status == 403 and "merchant" in problem["detail"]
+    assert (await regulator(gateway, "GET", "/summary", "crt_" + "0" * 38))[0] == 401
+    assert (await regulator(gateway, "GET", "/summary", token))[0] == 200
+    response = await gateway.client.get("/v1/invoices", headers={"Authorization": f"Bearer {token}"})
+    assert response.status == 401  # and a regulator token is no merchant key
+
+
+async def test_summary_and_exports_of_a_period(make_gateway: GatewayFactory) -> None:
+    gateway, registry, token = await sandbox_gateway(make_gateway)
+    resident_id = await resident(registry, Tier.BASIC, SCRIPT_A)
+    await registry.set_merchant_profile(gateway.merchant_id, category=Category.CAFE)
+    paid = await gateway.create_invoice("5300.00", assets=["BTC"])
+    accepted = await pay(gateway, paid, txid(1), script=SCRIPT_A)
+    held_invoice = await gateway.create_invoice("700.00", assets=["BTC"])
+    await pay(gateway, held_invoice, txid(2), script=SCRIPT_B)
+    await gateway.create_invoice("100.00")  # left open
+
+    start = (gateway.clock.now() - timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    end = (gateway.clock.now() + timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    status, summary = await regulator(gateway, "GET", f"/summary?from={start}&to={end}", token)
+    assert status == 200, summary
+    assert summary["volume"]["total_tiyn"] == accepted["value_tiyn"]
+    assert summary["volume"]["by_category"] == {"cafe": accepted["value_tiyn"]}
+    assert summary["volume"]["by_asset"] == {"BTC": accepted["value_tiyn"]}
+    assert summary["invoices"]["created"] == 3 and summary["invoices"]["by_status"]["settled"] == 1
+    assert summary["payments"] == {
+        "judged": 2,
+        "held": 1,
+        "held_rate": 0.5,
+        "held_by_reason": {"unregistered_payer": 1},
+    }
+    assert summary["settlement_seconds"]["count"] == 1
+    assert summary["unique_payers"] == {"residents": 1, "unregistered_wallets": 1}
+    assert summary["limit_utilisation"]["residents"] == 1
+
+    status, residents = await regulator(gateway, "GET", "/residents", token)
+    assert [r["id"] for r in residents["data"]] == [resident_id]
+    assert residents["data"][0]["month_used_tiyn"] == accepted["value_tiyn"]
+    status, trial = await regulator(gateway, "GET", "/ledger/trial-balance", token)
+    assert status == 200 and trial["trial_balance_tiyn"] == 0
+
+    status, text = await regulator(
+        gateway, "GET", f"/exports/payments?from={start}&to={end}&format=csv", token
+    )
+    rows = list(csv.DictReader(io.StringIO(text)))
+    assert status == 200 and [r["payment_key"] for r in rows] == [txid(1), txid(2)]
+    status, lines = await regulator(
+        gateway, "GET", f"/exports/payments?from={start}&to={end}&format=jsonl", token
+    )
+    assert [json.loads(line)["decision"] for line in str(lines).splitlines()] == ["accepted", "held"]
+    empty_from, empty_to = "2020-01-01T00:00:00Z", "2020-02-01T00:00:00Z"
+    status, text = await regulator(
+        gateway, "GET", f"/exports/payments?from={empty_from}&to={empty_to}&format=csv", token
+    )
+    assert status == 200 and text.strip().count("\n") == 0 and text.startswith("decided_at,")
+    status, problem = await regulator(gateway, "GET", f"/summary?from={end}&to={start}", token)
+    assert status == 400 and problem["errors"][0]["pointer"] == "?to"
