@@ -110,6 +110,16 @@ async def checkout_static(request: web.Request) -> web.StreamResponse:
     return _secure(response, cache="public, max-age=31536000, immutable" if current else "no-cache")
 
 
+@checkout_routes.get("/favicon.ico")
+async def favicon(request: web.Request) -> web.StreamResponse:
+    """Browsers ask every origin for /favicon.ico (a JSON page of the gateway, or a merchant's page on the
+    same host, included): answer with the checkout's icon rather than a 404 in their consoles."""
+    found = static_file("favicon.svg")
+    assert found is not None
+    response = web.Response(body=found.body, content_type=found.content_type, charset="utf-8")
+    return _secure(response, cache="public, max-age=86400")
+
+
 @checkout_routes.get("/i/{invoice_id}")
 async def checkout_page(request: web.Request) -> web.StreamResponse:
     invoice_id = _invoice_id(request)

@@ -607,3 +607,9 @@ async def test_shutdown_ends_open_streams_at_once(gateway: Gateway, streams: Str
     assert gateway.app[HUB].subscriber_count == 0
     refused = await gateway.client.get(f"/i/{invoice['id']}/events")
     assert refused.status == 503
+
+
+async def test_the_gateway_answers_favicon_requests_with_its_icon(gateway: Gateway) -> None:
+    response = await gateway.client.get("/favicon.ico")
+    assert response.status == 200 and response.content_type == "image/svg+xml"
+    assert (await response.read()).lstrip().startswith(b"<svg")
