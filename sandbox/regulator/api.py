@@ -7,6 +7,7 @@
 - ``GET /holds``: the queue of held payments awaiting a decision, and ``GET /holds/decided``;
 - ``POST /holds/{chain}/{payment_key}/release`` and ``.../refund`` ``{"refund_address", "note"}``: the
   invoice proceeds, or a refund is recorded for the merchant's wallet to pay; a second decision is a 409;
+- ``GET /exposure``: the open crypto position per asset, valued now and at the locked rates (exposure.py);
 - ``GET /ledger/trial-balance``: the digital-tenge ledger's trial balance and every account;
 - ``GET /exports/payments?from=&to=&format=csv|jsonl``: streamed.
 
@@ -30,7 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictStr
 from gateway import jsonutil
 from gateway.api.problems import Problem
 from gateway.api.requests import bad_query, query_time, read_model
-from gateway.api.state import CLOCK, SERVICE, STORE
+from gateway.api.state import CLOCK, RATES, SERVICE, STORE
 from gateway.clock import isoformat, parse_isoformat
 from gateway.invoices.service import InvoiceNotFound, TransitionRefused
 from gateway.outbox import insert_event, prepare_event
@@ -39,6 +40,7 @@ from sandbox.ledger import store as ledger
 from sandbox.limits import SandboxRules, Tier
 from sandbox.policy import SandboxPolicy, month_usage
 from sandbox.registry import NotRegistered, Registry
+from sandbox.regulator.exposure import exposure
 from sandbox.regulator.metrics import Period, summary
 from sandbox.regulator.tokens import MERCHANT_KEY, RegulatorTokens
 
@@ -348,6 +350,13 @@ async def release(request: web.Request) -> web.Response:
 @routes.post("/holds/{chain}/{payment_key}/refund")
 async def refund(request: web.Request) -> web.Response:
     return await _decide_hold(request, "refunded")
+
+
+@routes.get("/exposure")
+async def get_exposure(request: web.Request) -> web.Response:
+    rates = request.config_dict[RATES].source
+    now = request.config_dict[CLOCK].now()
+    return _json(await request.config_dict[STORE].read(lambda tx: exposure(tx, rates, now)))
 
 
 @routes.get("/ledger/trial-balance")

@@ -131,6 +131,9 @@ REGULATOR_PATHS: dict[str, Any] = {
             "properties": {"refund_address": {"type": "string"}, "note": {"type": "string"}},
         },
     ),
+    "/sandbox/v1/exposure": _get(
+        "sandboxExposure", "The open crypto position, valued now and at the locked rates"
+    ),
     "/sandbox/v1/ledger/trial-balance": _get(
         "sandboxTrialBalance", "The digital-tenge ledger's trial balance"
     ),

@@ -12,14 +12,17 @@ import io
 import json
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from fractions import Fraction
 from typing import Any
 
 import pytest
 
 from gateway.config import SandboxConfig
 from gateway.extensions import DetectedPayment
+from gateway.invoices.lifecycle import DropReason
 from gateway.invoices.service import PaymentFact
 from gateway.money import Asset, Chain
+from gateway.rates.base import AssetRate
 from sandbox.extension import sandbox_extensions
 from sandbox.limits import SandboxRules, Tier
 from sandbox.policy import SandboxPolicy
@@ -314,3 +317,54 @@ async def test_summary_and_exports_of_a_period(make_gateway: GatewayFactory) -> 
     assert status == 200 and text.strip().count("\n") == 0 and text.startswith("decided_at,")
     status, problem = await regulator(gateway, "GET", f"/summary?from={end}&to={start}", token)
     assert status == 400 and problem["errors"][0]["pointer"] == "?to"
+
+
+class MovableRates:
+    """A rate source whose BTC price the test moves (the fixed table cannot change while running)."""
+
+    def __init__(self) -> None:
+        self.btc = Decimal("48450000.00")
+
+    def current(self, asset: Asset, now: datetime) -> Any:
+        price = {Asset.BTC: self.btc, Asset.ETH: Decimal("1683000.00"), Asset.USDT: Decimal("510.00")}[asset]
+        return AssetRate(asset, price, ("test",), now)
+
+
+async def test_exposure_values_the_coins_on_invoice_addresses_now_and_at_the_locked_rates(
+    make_gateway: GatewayFactory,
+) -> None:
+    rates = MovableRates()
+    gateway = await make_gateway(sandbox_extensions(SandboxConfig()), rates=rates)
+    token = (await RegulatorTokens(gateway.store, gateway.clock).issue("t")).plaintext
+    registry = Registry(gateway.store, gateway.clock)
+    await resident(registry, Tier.BASIC, SCRIPT_A)
+    settled = await gateway.create_invoice("5000.00", assets=["BTC"])
+    held = await gateway.create_invoice("3000.00", assets=["BTC"])
+    gone = await gateway.create_invoice("2000.00", assets=["BTC"])
+    one = await pay(gateway, settled, txid(1), script=SCRIPT_A)
+    two = await pay(gateway, held, txid(2), script=SCRIPT_B)  # unregistered: held
+    await pay(gateway, gone, txid(3), script=SCRIPT_A)
+    await gateway.service.payment_dropped(Chain.BITCOIN, txid(3), DropReason.DOUBLE_SPENT)
+
+    async def booked() -> bool:
+        row = await gateway.store.read(
+            lambda tx: tx.fetchone("SELECT balance_tiyn FROM ledger_balances WHERE account = 'clearing:BTC'")
+        )
+        return row is not None and -int(row["balance_tiyn"]) == one["value_tiyn"] + two["value_tiyn"]
+
+    deadline = asyncio.get_running_loop().time() + 10
+    while not await booked():
+        assert asyncio.get_running_loop().time() < deadline
+        await asyncio.sleep(0.05)
+    rates.btc = Decimal("50000000.00")  # the market moved up after the payments were judged
+    status, body = await regulator(gateway, "GET", "/exposure", token)
+    assert status == 200, body
+    btc = body["assets"]["BTC"]
+    received = int(one["amount_minor"]) + int(two["amount_minor"])  # the dropped one is not there any more
+    assert btc["on_addresses_minor"] == str(received)
+    assert btc["locked_value_tiyn"] == one["value_tiyn"] + two["value_tiyn"]
+    assert btc["booked_tiyn"] == one["value_tiyn"] + two["value_tiyn"]
+    current = round(Fraction(received) * Fraction(50_000_000) * 100 / 10**8)
+    assert abs(btc["current_value_tiyn"] - current) <= 1
+    assert btc["unrealised_fx_tiyn"] == btc["current_value_tiyn"] - btc["locked_value_tiyn"] > 0
+    assert body["spends_tracked"] is False
