@@ -27,6 +27,7 @@ from gateway.address_pool import AddressPool, IndexAllocator
 from gateway.aio import exit_with_parent
 from gateway.api import health, invoices
 from gateway.api import rates as rates_api
+from gateway.api.metrics import setup_metrics
 from gateway.api.middleware import merchant_auth_middleware, request_context_middleware
 from gateway.api.openapi import build_openapi
 from gateway.api.problems import MAX_BODY_KEY, problem_middleware
@@ -98,6 +99,7 @@ def create_app(
     app.add_routes(health.routes)
     app.add_routes(rates_api.routes)
     app.add_routes(webhooks_api.routes)
+    setup_metrics(app)  # GET /metrics for Prometheus, read from the store at each scrape
     setup_checkout(app)  # the public /i/ page and its event-stream hub (after the store's context)
     openapi = build_openapi(ext.routes, invoices=config.invoices)
 

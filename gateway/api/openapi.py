@@ -300,6 +300,18 @@ def _paths() -> dict[str, Any]:
                 "responses": {"200": _ok("HealthOut"), "503": _ok("HealthOut", "Not ready")},
             }
         },
+        "/metrics": {
+            "get": {
+                "operationId": "metrics",
+                "summary": "Prometheus metrics (text format 0.0.4; no key, aggregate figures only)",
+                "responses": {
+                    "200": {
+                        "description": "Every series docs/metrics.md lists",
+                        "content": {"text/plain": {"schema": {"type": "string"}}},
+                    }
+                },
+            }
+        },
     }
 
 
