@@ -48,7 +48,7 @@ from gateway.chains.bitcoin_blocks import (
     transaction_facts,
 )
 from gateway.chains.bitcoin_rpc import RpcError, RpcUnavailable
-from gateway.chains.chain_state import ChainState, StoredBlock, TrackedPayment
+from gateway.chains.chain_state import AddressSpend, ChainState, PaidAddress, StoredBlock, TrackedPayment
 from gateway.chains.watcher import ChainWatcher, PaymentSink, WatcherRefused, WatcherStatus
 from gateway.invoices.lifecycle import DropReason
 from gateway.invoices.service import PaymentFact
@@ -148,6 +148,9 @@ class BitcoinWatcher(ChainWatcher[bytes]):
         self._payment_txs: dict[str, _PaymentTx] = {}  # recent payment transactions whose inputs we know
         self._input_owner: dict[Outpoint, str] = {}  # outpoint → the payment transaction spending it
         self._conflicts: dict[str, DropReason] = {}  # payment txid → another transaction spent its inputs
+        # Outputs that paid invoice addresses (every one not dropped, loaded at start): an input spending
+        # one in a block is recorded as coins leaving the invoice address (the exposure view's spends).
+        self._paid_outputs: dict[Outpoint, PaidAddress] = {}
 
     # -- one poll ------------------------------------------------------------------------------------
 
@@ -238,16 +241,39 @@ class BitcoinWatcher(ChainWatcher[bytes]):
                 txid = b2lx(tx.GetTxid())
                 if txid in by_txid:
                     self._note_payment_tx(txid, stored.height, tx)
-        await self._connected(
-            stored,
-            [
-                self._payment_fact(f, m.watch, m.payment_key, m.amount_sat, confirmations, stored)
-                for f in facts_by_tx
-                for m in f.matches
-            ],
-        )
-        for facts in facts_by_tx:
-            self._pending.pop(facts.txid, None)
+        facts = [
+            self._payment_fact(f, m.watch, m.payment_key, m.amount_sat, confirmations, stored)
+            for f in facts_by_tx
+            for m in f.matches
+        ]
+        self._note_facts(facts)  # before the spends: a block may pay an invoice address and sweep it
+        await self._connected(stored, facts, self._spends_in(block))
+        for tx_facts in facts_by_tx:
+            self._pending.pop(tx_facts.txid, None)
+
+    def _note_paid(self, paid: PaidAddress) -> None:
+        txid, _, vout = paid.payment_key.partition(":")
+        self._paid_outputs[(bytes.fromhex(txid)[::-1], int(vout))] = paid
+
+    def _spends_in(self, block: CBlock) -> list[AddressSpend]:
+        """Inputs of ``block`` that spend outputs paid to invoice addresses."""
+        paid_outputs = self._paid_outputs
+        if not paid_outputs:
+            return []
+        spends = []
+        for tx in block.vtx:
+            txid: str | None = None
+            for index, txin in enumerate(tx.vin):
+                paid = paid_outputs.get((bytes(txin.prevout.hash), int(txin.prevout.n)))
+                if paid is None:
+                    continue
+                txid = txid or b2lx(tx.GetTxid())
+                spends.append(
+                    AddressSpend(
+                        f"{txid}:{index}", Asset.BTC, paid.address, paid.amount_minor, txid, paid.payment_key
+                    )
+                )
+        return spends
 
     def _forget_below(self, height: int) -> None:
         for txid in [t for t, p in self._payment_txs.items() if p.height is not None and p.height <= height]:

@@ -30,6 +30,28 @@ class StoredBlock:
 
 
 @dataclass(frozen=True, slots=True)
+class AddressSpend:
+    """Coins leaving an invoice address in a block: what the exposure view subtracts from what was paid."""
+
+    spend_key: str  # unique per chain: bitcoin txid:input; ethereum tx hash:native|gas or tx hash:log index
+    asset: Asset
+    address: str
+    amount_minor: int
+    tx_id: str
+    payment_key: str | None = None  # bitcoin: the payment output this input spends
+
+
+@dataclass(frozen=True, slots=True)
+class PaidAddress:
+    """A payment the watcher follows for spends: its address and, on bitcoin, the output it created."""
+
+    payment_key: str
+    asset: Asset
+    address: str
+    amount_minor: int
+
+
+@dataclass(frozen=True, slots=True)
 class TrackedPayment:
     """A stored payment as a watcher sees it: where it is on the chain and what it paid."""
 
@@ -90,10 +112,29 @@ class ChainState:
         )
         return [StoredBlock(int(r["height"]), r["hash"], r["prev_hash"]) for r in rows]
 
-    async def connect(self, block: StoredBlock) -> None:
-        """Record ``block`` as the new tip (after its payments were recorded) and forget old heights."""
+    async def connect(self, block: StoredBlock, spends: Sequence[AddressSpend] = ()) -> None:
+        """Record ``block`` as the new tip (after its payments were recorded) with the spends from invoice
+        addresses it contains, in one transaction, and forget old heights."""
 
         async def unit(tx: Tx) -> None:
+            for spend in spends:
+                await tx.execute(
+                    "INSERT INTO address_spends (chain, spend_key, asset, address, amount_minor, payment_key,"
+                    " tx_id, block_hash, block_height) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                    " ON CONFLICT (chain, spend_key) DO UPDATE SET block_hash = excluded.block_hash,"
+                    " block_height = excluded.block_height",
+                    (
+                        self.chain.value,
+                        spend.spend_key,
+                        spend.asset.value,
+                        spend.address,
+                        str(spend.amount_minor),
+                        spend.payment_key,
+                        spend.tx_id,
+                        block.hash,
+                        block.height,
+                    ),
+                )
             await tx.execute(
                 "INSERT INTO chain_blocks (chain, height, hash, prev_hash) VALUES (?, ?, ?, ?)"
                 " ON CONFLICT (chain, height) DO UPDATE SET hash = excluded.hash, prev_hash = excluded.prev_hash",
@@ -107,12 +148,30 @@ class ChainState:
         await self._store.transaction(unit)
 
     async def disconnect_above(self, height: int) -> None:
-        """Forget the stored blocks above ``height`` (they left the main chain in a reorg)."""
-        await self._store.transaction(
-            lambda tx: tx.execute(
-                "DELETE FROM chain_blocks WHERE chain = ? AND height > ?", (self.chain.value, height)
+        """Forget the stored blocks above ``height`` and the spends in them (they left the main chain)."""
+
+        async def unit(tx: Tx) -> None:
+            for table, column in (("chain_blocks", "height"), ("address_spends", "block_height")):
+                await tx.execute(
+                    f"DELETE FROM {table} WHERE chain = ? AND {column} > ?",  # noqa: S608 - fixed names
+                    (self.chain.value, height),
+                )
+
+        await self._store.transaction(unit)
+
+    async def paid_addresses(self) -> list[PaidAddress]:
+        """Every payment still on this chain (not dropped), whose address the watcher follows for spends."""
+        rows = await self._store.read(
+            lambda tx: tx.fetchall(
+                "SELECT payment_key, asset, address, amount_minor FROM payments"
+                " WHERE chain = ? AND status != 'dropped'",
+                (self.chain.value,),
             )
         )
+        return [
+            PaidAddress(r["payment_key"], Asset(r["asset"]), r["address"], int(r["amount_minor"]))
+            for r in rows
+        ]
 
     async def unconfirmed_payments(self) -> list[TrackedPayment]:
         """Followed payments seen only in the mempool (no block yet)."""

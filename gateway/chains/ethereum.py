@@ -43,7 +43,7 @@ from web3 import AsyncWeb3
 
 from gateway.addresses import checksum_eth_address as to_checksum_address
 from gateway.aio import wait_for_event
-from gateway.chains.chain_state import ChainState, StoredBlock, TrackedPayment
+from gateway.chains.chain_state import AddressSpend, ChainState, PaidAddress, StoredBlock, TrackedPayment
 from gateway.chains.watcher import ChainWatcher, PaymentSink, WatcherRefused
 from gateway.invoices.service import PaymentFact
 from gateway.money import Asset, Chain
@@ -130,6 +130,9 @@ class EthereumWatcher(ChainWatcher[str]):
         self._unaccounted = (
             unaccounted if unaccounted is not None else getattr(sink, "record_unaccounted", None)
         )
+        # Invoice addresses that received a payment (lower case → as stored): what leaves them in a block,
+        # value, fees and token transfers, is recorded as spends for the exposure view.
+        self._paid_addresses: dict[str, str] = {}
         self._head_seen = asyncio.Event()
         self.websocket_connected = False
 
@@ -238,7 +241,9 @@ class EthereumWatcher(ChainWatcher[str]):
                 confirmations = last - height + 1
                 facts = await self._native_payments(block, stored, confirmations)
                 facts += await self._token_payments(transfers, stored, confirmations)
-                await self._connected(stored, facts)
+                self._note_facts(facts)  # before the spends: a block may pay an address and sweep it
+                spends = await self._native_spends(block) + self._token_spends(transfers)
+                await self._connected(stored, facts, spends)
         return True
 
     async def _native_payments(
@@ -303,6 +308,48 @@ class EthereumWatcher(ChainWatcher[str]):
             if fact.amount_minor > 0:
                 facts.append(fact)
         return facts
+
+    def _note_paid(self, paid: PaidAddress) -> None:
+        self._paid_addresses[paid.address.lower()] = paid.address
+
+    async def _native_spends(self, block: Any) -> list[AddressSpend]:
+        """Value and fees leaving paid invoice addresses in ``block`` (a failed transaction still pays gas)."""
+        paid = self._paid_addresses
+        sent = [
+            (tx, paid[str(tx["from"]).lower()])
+            for tx in block["transactions"]
+            if str(tx.get("from", "")).lower() in paid
+        ]
+        if not sent:
+            return []
+        receipts = await asyncio.gather(*(self._w3.eth.get_transaction_receipt(tx["hash"]) for tx, _ in sent))
+        spends = []
+        for (tx, address), receipt in zip(sent, receipts, strict=True):
+            tx_hash = _hex(tx["hash"])
+            value = int(tx["value"]) if int(receipt["status"]) == 1 else 0
+            fee = int(receipt["gasUsed"]) * int(receipt["effectiveGasPrice"])
+            for part, amount in (("native", value), ("gas", fee)):
+                if amount > 0:
+                    spends.append(AddressSpend(f"{tx_hash}:{part}", Asset.ETH, address, amount, tx_hash))
+        return spends
+
+    def _token_spends(self, transfers: Sequence[Any]) -> list[AddressSpend]:
+        """Transfers of the configured tokens out of paid invoice addresses."""
+        spends = []
+        for entry in transfers:
+            topics = entry["topics"]
+            data = bytes(HexBytes(entry["data"]))
+            asset = self._tokens.get(str(entry["address"]).lower())
+            if asset is None or len(topics) != 3 or len(data) != 32:
+                continue
+            address = self._paid_addresses.get(_topic_address(topics[1]))
+            amount = int.from_bytes(data, "big")
+            if address is None or amount == 0:
+                continue
+            tx_hash = _hex(entry["transactionHash"])
+            key = f"{tx_hash}:{int(entry['logIndex'])}"
+            spends.append(AddressSpend(key, asset, address, amount, tx_hash))
+        return spends
 
     def _fact(
         self,

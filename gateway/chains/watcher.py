@@ -33,7 +33,7 @@ from typing import Any, Generic, Protocol, TypeVar
 
 import structlog
 
-from gateway.chains.chain_state import ChainState, StoredBlock, TrackedPayment
+from gateway.chains.chain_state import AddressSpend, ChainState, PaidAddress, StoredBlock, TrackedPayment
 from gateway.ids import id_floor
 from gateway.invoices.lifecycle import DropReason
 from gateway.invoices.service import PaymentFact
@@ -147,6 +147,13 @@ class ChainWatcher(ABC, Generic[K]):
     def _forget_below(self, height: int) -> None:
         """Drop per-block memory at or below ``height`` (it fell out of the stored window)."""
 
+    def _note_paid(self, paid: PaidAddress) -> None:
+        """Follow spends of what a payment brought to an invoice address (each chain keys them its own way)."""
+
+    def _note_facts(self, facts: Iterable[PaymentFact]) -> None:
+        for fact in facts:
+            self._note_paid(PaidAddress(fact.payment_key, fact.asset, fact.address, fact.amount_minor))
+
     # -- the loop ------------------------------------------------------------------------------------
 
     async def run(self) -> None:
@@ -188,6 +195,8 @@ class ChainWatcher(ABC, Generic[K]):
             stored = [await self._block_at(await first_height())]
             await self._state.connect(stored[0])
         self._chain = {b.height: b for b in stored}
+        for paid in await self._state.paid_addresses():
+            self._note_paid(paid)
         self._set_tip_status()
         self._started = True
         self._log.info(
@@ -262,10 +271,13 @@ class ChainWatcher(ABC, Generic[K]):
         )
         return max(lowest - 1, 0)
 
-    async def _connected(self, stored: StoredBlock, facts: Iterable[PaymentFact]) -> None:
-        """Record a block's payments, then the block itself (the order that makes the checkpoint safe)."""
+    async def _connected(
+        self, stored: StoredBlock, facts: Iterable[PaymentFact], spends: Sequence[AddressSpend] = ()
+    ) -> None:
+        """Record a block's payments, then the block itself with its spends from invoice addresses (the
+        order that makes the checkpoint safe)."""
         await self._record_all(facts)
-        await self._state.connect(stored)
+        await self._state.connect(stored, spends)
         self._chain[stored.height] = stored
         horizon = stored.height - self._state.keep
         for height in [h for h in self._chain if h <= horizon]:
@@ -329,6 +341,8 @@ class ChainWatcher(ABC, Generic[K]):
 
     async def _record_all(self, facts: Iterable[PaymentFact]) -> None:
         """Record facts concurrently, so the store's group commit writes a block's payments together."""
+        facts = list(facts)
+        self._note_facts(facts)
         pending = [self._sink.record_payment(f) for f in facts]
         if not pending:
             return

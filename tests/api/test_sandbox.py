@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from gateway.chains.chain_state import AddressSpend, ChainState, StoredBlock
 from gateway.config import SandboxConfig
 from gateway.extensions import DetectedPayment
 from gateway.invoices.lifecycle import DropReason
@@ -367,4 +368,27 @@ async def test_exposure_values_the_coins_on_invoice_addresses_now_and_at_the_loc
     current = round(Fraction(received) * Fraction(50_000_000) * 100 / 10**8)
     assert abs(btc["current_value_tiyn"] - current) <= 1
     assert btc["unrealised_fx_tiyn"] == btc["current_value_tiyn"] - btc["locked_value_tiyn"] > 0
-    assert body["spends_tracked"] is False
+    assert body["spends_tracked"] is True
+    assert btc["spent_minor"] == "0"
+
+    # The merchant's wallet sweeps the settled payment's output in block 7: the watcher records the spend
+    # with the block, and the open position is what is left, valued at its share of the locked value.
+    state = ChainState(gateway.store, Chain.BITCOIN)
+    await state.connect(StoredBlock(6, "66" * 32, "55" * 32))
+    address = next(m for m in settled["payment_methods"] if m["asset"] == "BTC")["address"]
+    sweep = AddressSpend(f"{'ab' * 32}:0", Asset.BTC, address, int(one["amount_minor"]), "ab" * 32, txid(1))
+    await state.connect(StoredBlock(7, "77" * 32, "66" * 32), [sweep])
+    await state.connect(StoredBlock(7, "77" * 32, "66" * 32), [sweep])  # a replayed block counts once
+    status, body = await regulator(gateway, "GET", "/exposure", token)
+    btc = body["assets"]["BTC"]
+    assert btc["spent_minor"] == one["amount_minor"]
+    assert btc["on_addresses_minor"] == two["amount_minor"]
+    expected_locked = Fraction(one["value_tiyn"] + two["value_tiyn"]) * int(two["amount_minor"]) / received
+    assert abs(btc["locked_value_tiyn"] - expected_locked) <= Fraction(1, 2)
+    assert btc["booked_tiyn"] == one["value_tiyn"] + two["value_tiyn"]  # the ledger is not the chain
+
+    # The sweep's block leaves the main chain in a reorg: the coins are back on the invoice address.
+    await state.disconnect_above(6)
+    status, body = await regulator(gateway, "GET", "/exposure", token)
+    assert body["assets"]["BTC"]["spent_minor"] == "0"
+    assert body["assets"]["BTC"]["on_addresses_minor"] == str(received)

@@ -258,12 +258,12 @@ async def test_a_crash_between_payments_and_checkpoint_reprocesses_the_block_onc
     original = state.connect
     calls = 0
 
-    async def failing_connect(block: Any) -> None:
+    async def failing_connect(block: Any, spends: Any = ()) -> None:
         nonlocal calls
         calls += 1
         if calls == 1:
             raise OSError("disk full")
-        await original(block)
+        await original(block, spends)
 
     state.connect = failing_connect  # type: ignore[method-assign]
     with pytest.raises(OSError):

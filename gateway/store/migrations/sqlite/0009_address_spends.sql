@@ -1,0 +1,19 @@
+-- Coins leaving invoice addresses (the merchant's wallet sweeping what its customers paid), as the chain
+-- watchers see them in blocks. With the payments received on those addresses this gives the position
+-- still held there, the figure the regulator's exposure view starts from.
+--
+-- Rows are written in the same transaction as the block's chain_blocks row, so a watcher killed mid-block
+-- writes them again (ON CONFLICT DO NOTHING) and a reorg deletes them with the blocks that left the chain.
+CREATE TABLE address_spends (
+    chain         TEXT NOT NULL,
+    spend_key     TEXT NOT NULL,     -- bitcoin: spending txid:input index; ethereum: tx hash:native|gas or tx hash:log index
+    asset         TEXT NOT NULL,
+    address       TEXT NOT NULL,     -- the invoice address the coins left
+    amount_minor  TEXT NOT NULL,     -- satoshis, wei or token base units leaving it (fees included for ETH)
+    payment_key   TEXT,              -- bitcoin: the payment output spent; NULL for account-based chains
+    tx_id         TEXT NOT NULL,
+    block_hash    TEXT NOT NULL,
+    block_height  INTEGER NOT NULL CHECK (block_height >= 0),
+    PRIMARY KEY (chain, spend_key)
+);
+CREATE INDEX address_spends_height ON address_spends(chain, block_height);
