@@ -11,8 +11,6 @@ middleware authenticates these requests too and every view is the calling mercha
 
 from __future__ import annotations
 
-import csv
-import io
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
@@ -25,6 +23,7 @@ from gateway.api.state import MERCHANT_ID, STORE
 from gateway.clock import parse_isoformat
 from gateway.extensions import Extensions, RouteExtension
 from gateway.money import format_tiyn
+from sandbox.csvutil import csv_line
 from sandbox.ledger import model
 from sandbox.ledger import store as ledger
 from sandbox.ledger.consumer import LedgerConsumer
@@ -149,7 +148,7 @@ async def _stream(
     )
     await response.prepare(request)
     if fmt == "csv":
-        await response.write(_csv_line(_CSV_COLUMNS))
+        await response.write(csv_line(_CSV_COLUMNS))
     async for row in ledger.statement(request.config_dict[STORE], account, start, end):
         values = {
             "posted_at": row.posted_at,
@@ -164,17 +163,11 @@ async def _stream(
             "balance_kzt": _kzt(row.balance_tiyn),
         }
         if fmt == "csv":
-            await response.write(_csv_line(tuple(values[c] for c in _CSV_COLUMNS)))
+            await response.write(csv_line(tuple(values[c] for c in _CSV_COLUMNS)))
         else:
             await response.write(orjson.dumps({"account": account, **values}) + b"\n")
     await response.write_eof()
     return response
-
-
-def _csv_line(values: tuple[Any, ...]) -> bytes:
-    buffer = io.StringIO()
-    csv.writer(buffer, lineterminator="\n").writerow(["" if v is None else v for v in values])
-    return buffer.getvalue().encode()
 
 
 def ledger_extensions() -> Extensions:

@@ -9,7 +9,8 @@
   invoice proceeds, or a refund is recorded for the merchant's wallet to pay; a second decision is a 409;
 - ``GET /exposure``: the open crypto position per asset, valued now and at the locked rates (exposure.py);
 - ``GET /ledger/trial-balance``: the digital-tenge ledger's trial balance and every account;
-- ``GET /exports/payments?from=&to=&format=csv|jsonl``: streamed.
+- ``GET /exports/payments|invoices|ledger?from=&to=&format=csv|jsonl``: streamed, with the audit head
+  (exports.py).
 
 Authentication: ``Authorization: Bearer crt_…``. No token is a 401, a merchant API key is a 403 (it is a
 key, but not one for this API), an unknown or revoked token a 401. Regulators see resident ids only, never
@@ -18,21 +19,16 @@ the wallets behind them.
 
 from __future__ import annotations
 
-import csv
-import io
 from collections.abc import Awaitable, Callable
-from datetime import timedelta
 from typing import Any
 
-import orjson
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, StrictStr
 
-from gateway import jsonutil
 from gateway.api.problems import Problem
-from gateway.api.requests import bad_query, query_time, read_model
+from gateway.api.requests import bad_query, read_model
 from gateway.api.state import CLOCK, RATES, SERVICE, STORE
-from gateway.clock import isoformat, parse_isoformat
+from gateway.clock import isoformat
 from gateway.invoices.service import InvoiceNotFound, TransitionRefused
 from gateway.outbox import insert_event, prepare_event
 from gateway.store import Row, Tx
@@ -40,12 +36,13 @@ from sandbox.ledger import store as ledger
 from sandbox.limits import SandboxRules, Tier
 from sandbox.policy import SandboxPolicy, month_usage
 from sandbox.registry import NotRegistered, Registry
+from sandbox.regulator import exports
+from sandbox.regulator.context import POLICY, RULES, json_response, period_of
+from sandbox.regulator.exports import payment_view
 from sandbox.regulator.exposure import exposure
-from sandbox.regulator.metrics import Period, summary
+from sandbox.regulator.metrics import summary
 from sandbox.regulator.tokens import MERCHANT_KEY, RegulatorTokens
 
-RULES = web.AppKey("sandbox_rules", SandboxRules)
-POLICY = web.AppKey("sandbox_policy", SandboxPolicy)
 ACTOR = web.RequestKey("regulator_token_id", str)
 
 routes = web.RouteTableDef()
@@ -81,31 +78,12 @@ async def regulator_auth(request: web.Request, handler: Handler) -> web.StreamRe
     return await handler(request)
 
 
-def _json(body: Any, status: int = 200) -> web.Response:
-    return web.Response(status=status, body=jsonutil.dumps_bytes(body), content_type="application/json")
-
-
-def _period(request: web.Request) -> Period:
-    """[from, to): by default the current calendar month in the pilot's time zone."""
-    rules = request.app[RULES]
-    now = request.config_dict[CLOCK].now()
-    default_start, default_end = rules.month_bounds(rules.month_of(now))
-    start_text, end_text = query_time(request, "from"), query_time(request, "to")
-    start = parse_isoformat(start_text) if start_text else default_start
-    end = parse_isoformat(end_text) if end_text else default_end
-    if end <= start:
-        raise bad_query("to", "to must be after from", "must be after from")
-    if end - start > timedelta(days=3660):
-        raise bad_query("to", "a period may span at most ten years", "at most ten years after from")
-    return Period(start, end)
-
-
 @routes.get("/summary")
 async def get_summary(request: web.Request) -> web.Response:
-    period = _period(request)
+    period = period_of(request)
     rules, policy = request.app[RULES], request.app[POLICY]
     body = await request.config_dict[STORE].read(lambda tx: summary(tx, period, rules, policy.conversion()))
-    return _json(body)
+    return json_response(body)
 
 
 async def _resident_view(tx: Tx, row: Row, request: web.Request) -> dict[str, Any]:
@@ -130,7 +108,7 @@ async def list_residents(request: web.Request) -> web.Response:
         rows = await tx.fetchall("SELECT * FROM residents ORDER BY created_at, id")
         return [await _resident_view(tx, row, request) for row in rows]
 
-    return _json({"object": "list", "data": await request.config_dict[STORE].read(read)})
+    return json_response({"object": "list", "data": await request.config_dict[STORE].read(read)})
 
 
 @routes.get("/residents/{resident_id}")
@@ -144,7 +122,7 @@ async def get_resident(request: web.Request) -> web.Response:
     body = await request.config_dict[STORE].read(read)
     if body is None:
         raise Problem(404, "Not found", f"no resident {resident_id!r}", "resident-not-found")
-    return _json(body)
+    return json_response(body)
 
 
 @routes.get("/merchants")
@@ -156,7 +134,7 @@ async def list_merchants(request: web.Request) -> web.Response:
             " LEFT JOIN merchant_profiles p ON p.merchant_id = m.id ORDER BY m.created_at, m.id"
         )
     )
-    return _json({"object": "list", "data": [dict(row) for row in rows]})
+    return json_response({"object": "list", "data": [dict(row) for row in rows]})
 
 
 class ReasonRequest(BaseModel):
@@ -173,7 +151,7 @@ async def _set_licence(request: web.Request, status: str, reason: str | None) ->
         )
     except NotRegistered:
         raise Problem(404, "Not found", f"no merchant {merchant_id!r}", "merchant-not-found") from None
-    return _json(
+    return json_response(
         {
             "merchant_id": merchant_id,
             "category": profile.category.value,
@@ -194,31 +172,9 @@ async def reinstate_merchant(request: web.Request) -> web.Response:
     return await _set_licence(request, "active", None)
 
 
-def _payment_view(row: Row) -> dict[str, Any]:
-    return {
-        "chain": row["chain"],
-        "payment_key": row["payment_key"],
-        "invoice_id": row["invoice_id"],
-        "merchant_id": row["merchant_id"],
-        "resident_id": row["resident_id"],
-        "asset": row["asset"],
-        "amount_minor": row["amount_minor"],
-        "value_tiyn": int(row["value_tiyn"]),
-        "month": row["month"],
-        "decision": row["decision"],
-        "reason": row["reason"],
-        "decided_at": row["decided_at"],
-        "resolution": row["resolution"],
-        "resolved_at": row["resolved_at"],
-        "resolved_by": row["resolved_by"],
-        "refund_address": row["refund_address"],
-        "note": row["note"],
-    }
-
-
 @routes.get("/payments")
 async def list_payments(request: web.Request) -> web.Response:
-    start, end = _period(request).bounds
+    start, end = period_of(request).bounds
     decision = request.query.get("decision")
     if decision not in (None, "accepted", "held"):
         raise bad_query("decision", "decision must be accepted or held", f"got {decision!r}")
@@ -230,7 +186,7 @@ async def list_payments(request: web.Request) -> web.Response:
     rows = await request.config_dict[STORE].read(
         lambda tx: tx.fetchall(sql + " ORDER BY decided_at", tuple(params))
     )
-    return _json({"object": "list", "data": [_payment_view(r) for r in rows]})
+    return json_response({"object": "list", "data": [payment_view(r) for r in rows]})
 
 
 @routes.get("/holds")
@@ -240,12 +196,12 @@ async def held_queue(request: web.Request) -> web.Response:
             "SELECT * FROM sandbox_payments WHERE decision = 'held' AND resolution IS NULL ORDER BY decided_at"
         )
     )
-    return _json({"object": "list", "data": [_payment_view(r) for r in rows]})
+    return json_response({"object": "list", "data": [payment_view(r) for r in rows]})
 
 
 @routes.get("/holds/decided")
 async def decided_holds(request: web.Request) -> web.Response:
-    start, end = _period(request).bounds
+    start, end = period_of(request).bounds
     rows = await request.config_dict[STORE].read(
         lambda tx: tx.fetchall(
             "SELECT * FROM sandbox_payments WHERE decision = 'held' AND resolution IS NOT NULL"
@@ -253,7 +209,7 @@ async def decided_holds(request: web.Request) -> web.Response:
             (start, end),
         )
     )
-    return _json({"object": "list", "data": [_payment_view(r) for r in rows]})
+    return json_response({"object": "list", "data": [payment_view(r) for r in rows]})
 
 
 class RefundRequest(BaseModel):
@@ -339,7 +295,7 @@ async def _decide_hold(request: web.Request, resolution: str) -> web.Response:
         )
     )
     assert updated is not None
-    return _json(_payment_view(updated))
+    return json_response(payment_view(updated))
 
 
 @routes.post("/holds/{chain}/{payment_key}/release")
@@ -356,7 +312,7 @@ async def refund(request: web.Request) -> web.Response:
 async def get_exposure(request: web.Request) -> web.Response:
     rates = request.config_dict[RATES].source
     now = request.config_dict[CLOCK].now()
-    return _json(await request.config_dict[STORE].read(lambda tx: exposure(tx, rates, now)))
+    return json_response(await request.config_dict[STORE].read(lambda tx: exposure(tx, rates, now)))
 
 
 @routes.get("/ledger/trial-balance")
@@ -368,74 +324,7 @@ async def trial_balance(request: web.Request) -> web.Response:
             "mismatches": [m.account for m in await ledger.verify_balances(tx)],
         }
 
-    return _json(await request.config_dict[STORE].read(read))
-
-
-_EXPORT_COLUMNS = (
-    "decided_at",
-    "chain",
-    "payment_key",
-    "invoice_id",
-    "merchant_id",
-    "resident_id",
-    "asset",
-    "amount_minor",
-    "value_tiyn",
-    "month",
-    "decision",
-    "reason",
-    "resolution",
-    "resolved_at",
-    "refund_address",
-)
-
-
-@routes.get("/exports/payments")
-async def export_payments(request: web.Request) -> web.StreamResponse:
-    """Every judged payment of the period, oldest first, streamed in pages of 1,000 (bounded memory)."""
-    start, end = _period(request).bounds
-    fmt = request.query.get("format", "csv")
-    if fmt not in ("csv", "jsonl"):
-        raise bad_query("format", "format must be csv or jsonl", "must be csv or jsonl")
-    response = web.StreamResponse(
-        headers={
-            "Content-Type": "text/csv; charset=utf-8" if fmt == "csv" else "application/x-ndjson",
-            "Content-Disposition": f'attachment; filename="payments.{fmt}"',
-        }
-    )
-    await response.prepare(request)
-    if fmt == "csv":
-        await response.write(_csv_line(_EXPORT_COLUMNS))
-    store = request.config_dict[STORE]
-    after: tuple[str, str, str] = (start, "", "")
-
-    async def page(tx: Tx, cursor: tuple[str, str, str]) -> list[Row]:
-        return await tx.fetchall(
-            "SELECT * FROM sandbox_payments WHERE decided_at >= ? AND decided_at < ?"
-            " AND (decided_at, chain, payment_key) > (?, ?, ?) ORDER BY decided_at, chain, payment_key LIMIT 1000",
-            (start, end, *cursor),
-        )
-
-    while True:
-        rows = await store.read(lambda tx, cursor=after: page(tx, cursor))  # type: ignore[misc]
-        for row in rows:
-            view = _payment_view(row)
-            if fmt == "csv":
-                await response.write(_csv_line(tuple(view[c] for c in _EXPORT_COLUMNS)))
-            else:
-                await response.write(orjson.dumps(view) + b"\n")
-        if len(rows) < 1000:
-            break
-        last = rows[-1]
-        after = (last["decided_at"], last["chain"], last["payment_key"])
-    await response.write_eof()
-    return response
-
-
-def _csv_line(values: tuple[Any, ...]) -> bytes:
-    buffer = io.StringIO()
-    csv.writer(buffer, lineterminator="\n").writerow(["" if v is None else v for v in values])
-    return buffer.getvalue().encode()
+    return json_response(await request.config_dict[STORE].read(read))
 
 
 def regulator_app(rules: SandboxRules, policy: SandboxPolicy) -> web.Application:
@@ -444,4 +333,5 @@ def regulator_app(rules: SandboxRules, policy: SandboxPolicy) -> web.Application
     app[RULES] = rules
     app[POLICY] = policy
     app.add_routes(routes)
+    app.add_routes(exports.routes)
     return app

@@ -137,10 +137,21 @@ REGULATOR_PATHS: dict[str, Any] = {
     "/sandbox/v1/ledger/trial-balance": _get(
         "sandboxTrialBalance", "The digital-tenge ledger's trial balance"
     ),
-    "/sandbox/v1/exports/payments": _get(
-        "sandboxExportPayments",
-        "Judged payments of a period, streamed as CSV or JSON Lines",
-        [*_PERIOD, {"name": "format", "in": "query", "schema": {"type": "string", "enum": ["csv", "jsonl"]}}],
-        **_BAD_QUERY,
-    ),
+    **{
+        f"/sandbox/v1/exports/{name}": _get(
+            f"sandboxExport{name.title()}",
+            f"{what} of a period, streamed as CSV or JSON Lines; the audit head in the Audit-Head header and"
+            " on the last line",
+            [
+                *_PERIOD,
+                {"name": "format", "in": "query", "schema": {"type": "string", "enum": ["csv", "jsonl"]}},
+            ],
+            **_BAD_QUERY,
+        )
+        for name, what in (
+            ("payments", "Judged payments"),
+            ("invoices", "Invoices created"),
+            ("ledger", "Digital-tenge ledger lines posted"),
+        )
+    },
 }

@@ -305,17 +305,21 @@ async def test_summary_and_exports_of_a_period(make_gateway: GatewayFactory) -> 
     status, text = await regulator(
         gateway, "GET", f"/exports/payments?from={start}&to={end}&format=csv", token
     )
-    rows = list(csv.DictReader(io.StringIO(text)))
+    body, trailer = text.rstrip("\n").rsplit("\n", 1)
+    assert trailer == "# audit_head none"  # no audit log in this gateway: said so, not left out
+    rows = list(csv.DictReader(io.StringIO(body)))
     assert status == 200 and [r["payment_key"] for r in rows] == [txid(1), txid(2)]
     status, lines = await regulator(
         gateway, "GET", f"/exports/payments?from={start}&to={end}&format=jsonl", token
     )
-    assert [json.loads(line)["decision"] for line in str(lines).splitlines()] == ["accepted", "held"]
+    *records, last = [json.loads(line) for line in str(lines).splitlines()]
+    assert [r["decision"] for r in records] == ["accepted", "held"] and last == {"audit_head": None}
     empty_from, empty_to = "2020-01-01T00:00:00Z", "2020-02-01T00:00:00Z"
     status, text = await regulator(
         gateway, "GET", f"/exports/payments?from={empty_from}&to={empty_to}&format=csv", token
     )
-    assert status == 200 and text.strip().count("\n") == 0 and text.startswith("decided_at,")
+    assert status == 200 and text.splitlines() == [text.splitlines()[0], "# audit_head none"]
+    assert text.startswith("decided_at,")
     status, problem = await regulator(gateway, "GET", f"/summary?from={end}&to={start}", token)
     assert status == 400 and problem["errors"][0]["pointer"] == "?to"
 
