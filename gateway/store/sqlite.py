@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
@@ -178,7 +177,11 @@ class SqliteStore:
         self._busy_timeout_ms = busy_timeout_ms
         self._writer_conn: sqlite3.Connection | None = None
         self._readers: list[aiosqlite.Connection] = []
-        self._reader_cycle: itertools.cycle[aiosqlite.Connection] | None = None
+        # Idle reader connections. A read takes one for its whole function, inside BEGIN … COMMIT: a
+        # consistent snapshot that starts after every write committed before the read began. Sharing a
+        # connection between two reads would let the second join the first one's older snapshot (SQLite
+        # keeps a connection's read transaction open while any of its statements is active).
+        self._idle_readers: asyncio.Queue[aiosqlite.Connection] | None = None
         self._pending: list[_Unit] = []
         self._wake = asyncio.Event()
         self._closing = False
@@ -219,7 +222,9 @@ class SqliteStore:
         except sqlite3.Error as exc:
             await self.close()
             raise translate_error(exc) from exc
-        self._reader_cycle = itertools.cycle(self._readers)
+        self._idle_readers = asyncio.Queue()
+        for reader in self._readers:
+            self._idle_readers.put_nowait(reader)
         self._writer_task = asyncio.create_task(self._writer_loop(), name="sqlite-writer")
 
     # -- the public interface -------------------------------------------------------------------------
@@ -233,9 +238,22 @@ class SqliteStore:
         return await future
 
     async def read(self, fn: Callable[[Tx], Awaitable[T]]) -> T:
-        if self._reader_cycle is None:
+        idle = self._idle_readers
+        if idle is None:
             raise StoreUnavailable("store is closed")
-        return await fn(_ReaderTx(next(self._reader_cycle)))
+        conn = await idle.get()
+        try:
+            try:
+                await conn.execute("BEGIN")
+            except sqlite3.Error as exc:
+                raise translate_error(exc) from exc
+            try:
+                return await fn(_ReaderTx(conn))
+            finally:
+                with contextlib.suppress(sqlite3.Error):
+                    await conn.execute("COMMIT")  # ends the snapshot (nothing was written)
+        finally:
+            idle.put_nowait(conn)
 
     def on_commit(self, listener: Callable[[], None]) -> None:
         self._listeners.append(listener)
@@ -250,7 +268,7 @@ class SqliteStore:
         for reader in self._readers:
             await reader.close()
         self._readers.clear()
-        self._reader_cycle = None
+        self._idle_readers = None
         if self._writer_conn is not None:
             conn, self._writer_conn = self._writer_conn, None
             await asyncio.get_running_loop().run_in_executor(self._commit_thread, conn.close)

@@ -163,3 +163,38 @@ async def test_closed_store_refuses_work(tmp_path: Path) -> None:
     await store.close()
     with pytest.raises(StoreUnavailable):
         await store.transaction(lambda tx: _put(tx, "late"))
+
+
+@pytest.mark.parametrize("readers", [1, 3])
+async def test_a_read_is_one_snapshot_and_sees_every_write_committed_before_it_began(
+    tmp_path: Path, readers: int
+) -> None:
+    """A read that started earlier and is still running must not hand its older snapshot to a later read
+    (SQLite keeps one connection's read transaction open while any of its statements runs)."""
+    store = await SqliteStore.open(tmp_path / "r.sqlite3", readers=readers)
+    try:
+        await store.transaction(lambda tx: tx.execute("INSERT INTO consumer_cursors VALUES ('c', 0, 'now')"))
+        first_seen = asyncio.Event()
+        written = asyncio.Event()
+
+        async def long_read(tx: Tx) -> tuple[int, int]:
+            row = await tx.fetchone("SELECT position FROM consumer_cursors WHERE consumer = 'c'")
+            first_seen.set()
+            await written.wait()
+            again = await tx.fetchone("SELECT position FROM consumer_cursors WHERE consumer = 'c'")
+            assert row is not None and again is not None
+            return int(row["position"]), int(again["position"])
+
+        running = asyncio.create_task(store.read(long_read))
+        await first_seen.wait()
+        await store.transaction(
+            lambda tx: tx.execute("UPDATE consumer_cursors SET position = 7 WHERE consumer = 'c'")
+        )
+        written.set()
+        later = await store.read(
+            lambda tx: tx.fetchone("SELECT position FROM consumer_cursors WHERE consumer = 'c'")
+        )
+        assert later is not None and later["position"] == 7  # begun after the commit: sees it
+        assert await running == (0, 0)  # the long read stayed on its own snapshot throughout
+    finally:
+        await store.close()
