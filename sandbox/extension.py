@@ -1,5 +1,5 @@
 """Everything the sandbox adds to the gateway, composed into one ``Extensions``: the ledger, the payment
-policy and invoice gate, and the regulator API at ``/sandbox/v1``.
+policy and invoice gate, the regulator API at ``/sandbox/v1`` and its dashboard at ``/sandbox/dashboard``.
 
 The gateway knows none of this: ``cryptocity serve`` (sandbox/cli.py) builds these extensions and hands
 them to ``create_app``. The start hook takes the store for the gate and, when the National Bank's rates
@@ -21,6 +21,7 @@ from sandbox.ledger.api import ledger_extensions
 from sandbox.limits import SandboxRules
 from sandbox.policy import SandboxGate, SandboxPolicy
 from sandbox.regulator.api import regulator_app
+from sandbox.regulator.dashboard import DASHBOARD_PREFIX, dashboard_app
 from sandbox.regulator.openapi import REGULATOR_PATHS, REGULATOR_SECURITY
 
 
@@ -40,7 +41,7 @@ class OfficialUsdRate:
 
 
 def sandbox_extensions(config: SandboxConfig, extra: Extensions | None = None) -> Extensions:
-    """The ledger plus the sandbox's rules and regulator API (``extra`` adds more consumers or hooks)."""
+    """The ledger, the sandbox's rules, the regulator API and dashboard (``extra`` adds consumers or hooks)."""
     rules = SandboxRules(config)
     usd = OfficialUsdRate()
     policy = SandboxPolicy(rules, usd)
@@ -57,11 +58,15 @@ def sandbox_extensions(config: SandboxConfig, extra: Extensions | None = None) -
         openapi_paths=REGULATOR_PATHS,
         openapi_security_schemes=REGULATOR_SECURITY,
     )
+    # The page is public (it holds no data); its script calls /sandbox/v1 with the regulator's token.
+    dashboard = RouteExtension(
+        DASHBOARD_PREFIX, dashboard_app(config.timezone, prefix=DASHBOARD_PREFIX, api_prefix=regulator.prefix)
+    )
     more = extra or Extensions()
     return Extensions(
         invoice_gate=gate,
         payment_policy=policy,
         consumers=[*ledger.consumers, *more.consumers],
-        routes=[*ledger.routes, regulator, *more.routes],
+        routes=[*ledger.routes, regulator, dashboard, *more.routes],
         on_start=[on_start, *ledger.on_start, *more.on_start],
     )
