@@ -1,8 +1,10 @@
-"""``cryptocity sandbox …``: the sandbox operator's commands (residents, wallets, merchant profiles, tokens).
+"""``cryptocity sandbox …``: the sandbox operator's commands (residents, wallets, merchant profiles, tokens,
+the monthly report).
 
 The KYC operator registers residents and their wallets; the pilot's operator sets merchant categories and
 issues regulator tokens. Every change goes through the registry, so it is an outbox event the audit log
-records, and each command prints what it did as JSON.
+records, and each command prints what it did as JSON. ``report`` writes the month's report for the
+regulator (sandbox/report/cli.py; docs/sandbox-report.md).
 """
 
 from __future__ import annotations
@@ -17,10 +19,13 @@ from gateway.store import open_store
 from sandbox.limits import Tier
 from sandbox.registry import Category, NotRegistered, Registry, RegistryError
 from sandbox.regulator.tokens import RegulatorTokens
+from sandbox.report.cli import add_report_command, run_report
 
 
 def add_sandbox_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    sandbox = sub.add_parser("sandbox", help="the sandbox operator's commands: residents, wallets, tokens")
+    sandbox = sub.add_parser(
+        "sandbox", help="the sandbox operator's commands: residents, wallets, tokens, the monthly report"
+    )
     ssub = sandbox.add_subparsers(dest="sandbox_command", required=True)
 
     resident = ssub.add_parser("resident", help="register or change a pseudonymous resident")
@@ -51,12 +56,16 @@ def add_sandbox_commands(sub: argparse._SubParsersAction) -> None:  # type: igno
     revoke = tsub.add_parser("revoke", help="revoke a regulator token by its id")
     revoke.add_argument("token_id")
 
+    add_report_command(ssub)  # report --month YYYY-MM [--out DIR]
+
 
 async def run_sandbox_command(args: argparse.Namespace, config: Config) -> int:
     store = await open_store(config.store)
     clock = SystemClock()
     registry = Registry(store, clock)
     try:
+        if args.sandbox_command == "report":
+            return await run_report(args, config, store, clock)
         if args.sandbox_command == "resident" and args.resident_command == "add":
             resident = await registry.add_resident(Tier(args.tier), originator_data=args.originator_data)
             print(json.dumps(resident.view()))
