@@ -460,6 +460,146 @@ class SandboxConfig(_Section):
         return value
 
 
+class SimulationCategoryConfig(_Section):
+    """One merchant category of the city simulation: its share of payments and its ticket distribution."""
+
+    share: Annotated[Decimal, Field(gt=0)]
+    median_ticket_kzt: str
+    # Spread of the log-normal ticket distribution: larger means a heavier tail of big tickets.
+    ticket_sigma: Annotated[Decimal, Field(gt=0, le=3)] = Decimal("0.6")
+    merchants_per_10000_residents: Annotated[Decimal, Field(gt=0)] = Decimal("2")
+
+    @field_validator("median_ticket_kzt")
+    @classmethod
+    def _kzt(cls, value: str) -> str:
+        if _kzt_to_tiyn(value) <= 0:
+            raise ValueError("must be positive")
+        return value
+
+
+def _default_categories() -> dict[str, SimulationCategoryConfig]:
+    table = {  # share, median ticket, sigma, merchants per 10,000 residents
+        "grocery": ("0.35", "3800.00", "0.6", "6"),
+        "cafe": ("0.25", "2200.00", "0.5", "5"),
+        "transport": ("0.15", "450.00", "0.4", "1"),
+        "pharmacy": ("0.08", "4500.00", "0.7", "2"),
+        "utilities": ("0.05", "12000.00", "0.8", "0.5"),
+        "other": ("0.12", "7500.00", "1.1", "4"),
+    }
+    return {
+        name: SimulationCategoryConfig(
+            share=Decimal(share),
+            median_ticket_kzt=median,
+            ticket_sigma=Decimal(sigma),
+            merchants_per_10000_residents=Decimal(per),
+        )
+        for name, (share, median, sigma, per) in table.items()
+    }
+
+
+def _default_hourly_curve() -> list[Decimal]:
+    # Relative arrivals per hour of the local day (00-23): quiet nights, a morning, lunch and evening peak.
+    weights = [
+        1,
+        0.5,
+        0.3,
+        0.2,
+        0.2,
+        0.4,
+        1.5,
+        3.5,
+        5,
+        5,
+        5.5,
+        6,
+        7.5,
+        7,
+        6,
+        5.5,
+        6,
+        7,
+        8,
+        7.5,
+        6,
+        4,
+        2.5,
+        1.5,
+    ]
+    return [Decimal(str(w)) for w in weights]
+
+
+class SimulationBehavioursConfig(_Section):
+    """Rates (per payment) and counts (per day) of the things that go wrong in a real city."""
+
+    underpay: Annotated[Decimal, Field(ge=0, le=1)] = Decimal("0.02")
+    overpay: Annotated[Decimal, Field(ge=0, le=1)] = Decimal("0.01")
+    pay_after_expiry: Annotated[Decimal, Field(ge=0, le=1)] = Decimal("0.01")
+    abandoned: Annotated[Decimal, Field(ge=0, le=1)] = Decimal("0.03")
+    btc_double_spend: Annotated[Decimal, Field(ge=0, le=1)] = Decimal("0.005")
+    eth_replacement: Annotated[Decimal, Field(ge=0, le=1)] = Decimal("0.005")
+    over_limit: Annotated[Decimal, Field(ge=0, le=1)] = Decimal("0.01")
+    unregistered_wallet: Annotated[Decimal, Field(ge=0, le=1)] = Decimal("0.02")
+    reorgs_per_day: Annotated[int, Field(ge=0, le=24)] = 1
+    reorg_depth: Annotated[int, Field(ge=1, le=6)] = 2
+    rates_outages_per_day: Annotated[int, Field(ge=0, le=24)] = 1
+    rates_outage_minutes: Annotated[int, Field(ge=1, le=600)] = 30
+    node_outages_per_day: Annotated[int, Field(ge=0, le=24)] = 1
+    node_outage_minutes: Annotated[int, Field(ge=1, le=600)] = 20
+
+
+class SimulationConfig(_Section):
+    """The city simulation (`cryptocity simulate`, docs/simulation.md); figures from context/kazakhstan.md."""
+
+    residents: Annotated[int, Field(ge=10, le=1_000_000)] = 600
+    days: Annotated[int, Field(ge=1, le=31)] = 1
+    seed: int = 2026
+    payments_per_resident_day: Annotated[Decimal, Field(gt=0, le=20)] = Decimal("0.29")
+    qr_sample_rate: Annotated[Decimal, Field(ge=0, le=1)] = Decimal("0.02")
+    step_seconds: Annotated[int, Field(ge=10, le=3600)] = 300
+    btc_block_seconds: Annotated[int, Field(ge=10)] = 600
+    eth_block_seconds: Annotated[int, Field(ge=1)] = 12
+    tier_mix: dict[str, Annotated[Decimal, Field(ge=0)]] = Field(
+        default_factory=lambda: {
+            "anonymous": Decimal("0.25"),
+            "basic": Decimal("0.65"),
+            "verified": Decimal("0.10"),
+        }
+    )
+    asset_mix: dict[Asset, Annotated[Decimal, Field(ge=0)]] = Field(
+        default_factory=lambda: {
+            Asset.BTC: Decimal("0.35"),
+            Asset.ETH: Decimal("0.15"),
+            Asset.USDT: Decimal("0.50"),
+        }
+    )
+    categories: dict[str, SimulationCategoryConfig] = Field(default_factory=_default_categories)
+    hourly_curve: list[Annotated[Decimal, Field(ge=0)]] = Field(default_factory=_default_hourly_curve)
+    behaviours: SimulationBehavioursConfig = Field(default_factory=SimulationBehavioursConfig)
+
+    @field_validator("hourly_curve")
+    @classmethod
+    def _day(cls, value: list[Decimal]) -> list[Decimal]:
+        if len(value) != 24 or not any(value):
+            raise ValueError("give 24 hourly weights, not all zero")
+        return value
+
+    @field_validator("tier_mix")
+    @classmethod
+    def _tiers(cls, value: dict[str, Decimal]) -> dict[str, Decimal]:
+        unknown = set(value) - {"anonymous", "basic", "verified"}
+        if unknown or not any(value.values()):
+            raise ValueError("tiers are anonymous, basic and verified, with at least one share above zero")
+        return value
+
+    @field_validator("categories")
+    @classmethod
+    def _categories(cls, value: dict[str, SimulationCategoryConfig]) -> dict[str, SimulationCategoryConfig]:
+        unknown = set(value) - {"grocery", "cafe", "transport", "pharmacy", "utilities", "other"}
+        if unknown or not value:
+            raise ValueError(f"unknown merchant categories: {sorted(unknown)}")
+        return value
+
+
 class Config(_Section):
     server: ServerConfig = Field(default_factory=ServerConfig)
     store: StoreConfig = Field(default_factory=StoreConfig)
@@ -474,6 +614,7 @@ class Config(_Section):
     addresses: AddressesConfig = Field(default_factory=AddressesConfig)
     webhooks: WebhooksConfig = Field(default_factory=WebhooksConfig)
     sandbox: SandboxConfig = Field(default_factory=SandboxConfig)
+    simulation: SimulationConfig = Field(default_factory=SimulationConfig)
 
     @property
     def public_url(self) -> str:

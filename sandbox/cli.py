@@ -1,7 +1,7 @@
 """``cryptocity``: the composition root. It builds the gateway with the pilot's extensions and runs it.
 
 Subcommands: serve, migrate, merchants (create, list, add-key, rotate-key, revoke-key, disable), version,
-wallet pay.
+wallet (new, address, balance, history, pay, register).
 A configuration error ends the program with its one-line explanation and exit status 2.
 """
 
@@ -36,7 +36,7 @@ from gateway.extensions import Extensions
 from gateway.logging import configure_logging
 from gateway.money import AmountError, Asset, format_minor_units, parse_decimal_amount
 from gateway.rates.live import ConfiguredRates
-from gateway.store import SqliteStore, StoreError, open_store
+from gateway.store import SqliteStore, StoreError, Tx, open_store
 from sandbox.audit import AuditKey, audit_extensions, record_startup
 from sandbox.audit.cli import add_audit_commands, run_audit_command
 from sandbox.audit.keys import AuditKeyError
@@ -48,9 +48,15 @@ from sandbox.extension import sandbox_extensions
 from sandbox.ledger.api import ledger_extensions
 from sandbox.limits import Tier
 from sandbox.operator_cli import add_sandbox_commands, run_sandbox_command
-from sandbox.registry import Registry
+from sandbox.registry import NotRegistered, Registry, RegistryError, normalise_owner, residents_of
+from sandbox.simulation.cli import add_simulate_command, run_simulate_command
 from wallets.bitcoin import CHANGE, EXTERNAL, BitcoinWallet, WalletError
-from wallets.cli import add_wallet_commands, run_wallet_command
+from wallets.cli import (
+    RegistrationRefused,
+    RegistrationReport,
+    add_wallet_commands,
+    run_wallet_command,
+)
 from wallets.ethereum import EthereumWallet
 
 
@@ -145,9 +151,10 @@ def _parser() -> argparse.ArgumentParser:
     revoke.add_argument("merchant_id")
     revoke.add_argument("lookup")
 
-    add_wallet_commands(sub)  # wallet pay: a resident's wallet (wallets/cli.py)
+    add_wallet_commands(sub)  # wallet new|address|balance|history|pay|register (wallets/cli.py)
     add_sandbox_commands(sub)  # sandbox resident|wallet|merchant|token (operator_cli.py)
     add_audit_commands(sub)  # audit verify|head (sandbox/audit/cli.py)
+    add_simulate_command(sub)  # simulate (sandbox/simulation/cli.py)
     return parser
 
 
@@ -156,9 +163,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "version":
         print(f"cryptocity {_version()}")
         return 0
-    if args.command == "wallet":  # a resident's tool: needs no gateway configuration
+    if args.command == "wallet":  # a resident's tool: only `register` reads the configuration (its store)
         try:
-            return asyncio.run(run_wallet_command(args))
+            return asyncio.run(run_wallet_command(args, registrar=_WalletRegistrar(args.config)))
         except KeyboardInterrupt:
             return 130
     try:
@@ -187,6 +194,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(run_sandbox_command(args, config))
         if args.command == "audit":
             return asyncio.run(run_audit_command(args, config))
+        if args.command == "simulate":
+            return asyncio.run(run_simulate_command(args, config))
         return asyncio.run(_merchants(config, args))
     except StoreError as exc:
         print(f"store error: {exc}", file=sys.stderr)
@@ -199,6 +208,62 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+
+
+@dataclass(frozen=True, slots=True)
+class _WalletRegistrar:
+    """`wallet register`: the resident wallet's scripts and address into the sandbox registry's store
+    (opened as `sandbox wallet` opens it). Every wallet is checked before anything is written, so a wallet
+    of another resident refuses the whole registration; those already registered to this resident are
+    left alone, which makes a second run a no-op."""
+
+    config_path: Path | None
+
+    async def __call__(self, resident_id: str, wallets: Sequence[tuple[str, str, str]]) -> RegistrationReport:
+        try:
+            config = load_config(self.config_path or default_config_path())
+        except ConfigError as exc:
+            raise RegistrationRefused(str(exc), 2) from None
+        try:
+            store = await open_store(config.store)
+        except StoreError as exc:
+            raise RegistrationRefused(f"store error: {exc}") from None
+        try:
+            registry = Registry(store, SystemClock())
+            try:
+                await registry.resident(resident_id)
+                owners = [(chain, normalise_owner(chain, owner), label) for chain, owner, label in wallets]
+            except NotRegistered as exc:
+                raise RegistrationRefused(f"{exc}; the KYC operator registers residents first") from None
+            except RegistryError as exc:
+                raise RegistrationRefused(str(exc), 2) from None
+            known: dict[tuple[str, str], str] = {}
+            for chain in ("bitcoin", "ethereum"):
+                of_chain = [owner for c, owner, _ in owners if c == chain]
+
+                async def lookup(
+                    tx: Tx, chain: str = chain, of_chain: list[str] = of_chain
+                ) -> dict[str, str]:
+                    return await residents_of(tx, chain, of_chain)
+
+                known.update({(chain, o): r for o, r in (await store.read(lookup)).items()})
+            taken = sum(1 for resident in known.values() if resident != resident_id)
+            if taken:
+                raise RegistrationRefused(
+                    f"{taken} of this wallet's scripts or addresses are registered to another resident; "
+                    "nothing was registered",
+                    2,
+                )
+            added = 0
+            for chain, owner, label in owners:
+                if (chain, owner) not in known:
+                    await registry.register_wallet(resident_id, chain, owner, label)
+                    added += 1
+            return RegistrationReport(added, len(owners) - added)
+        except StoreError as exc:
+            raise RegistrationRefused(f"store error: {exc}") from None
+        finally:
+            await store.close()
 
 
 def _parse_funding(items: list[str]) -> list[tuple[str, int]]:
@@ -576,10 +641,11 @@ async def _serve(config: Config, *, demo: bool, devnets: bool = False) -> int:
         return await _serve_gateway(config, demo=demo, chains=chains)
 
 
-def _pilot_extensions(config: Config) -> Extensions:
+def _pilot_extensions(config: Config, key: AuditKey | None = None) -> Extensions:
     """The pilot around the gateway: the audit log and the ledger always; the sandbox's limits, holds and
-    regulator API unless ``sandbox.enabled`` is off."""
-    audit_key = AuditKey.load()  # None: entries are appended, heads carry no MAC
+    regulator API unless ``sandbox.enabled`` is off. ``key`` authenticates the audit head (default: the
+    configured key, if any)."""
+    audit_key = key or AuditKey.load()  # None: entries are appended, heads carry no MAC
 
     async def audit_startup(app: web.Application) -> None:
         await record_startup(app[STORE], app[CLOCK], config, audit_key)

@@ -32,6 +32,12 @@ Design choices, and why:
   therefore confirmed by polling ``getmempoolentry`` for up to ``acceptance_wait_seconds`` (and
   ``getrawtransaction``, in case it was mined meanwhile); a refusal raises :class:`PaymentRejected`. Bitcoin
   Core answers synchronously, so there the first poll decides.
+- History: every transaction of the main chain that pays or spends the wallet is kept as a
+  :class:`HistoryEntry` (undone with its block on a reorg). :meth:`BitcoinWallet.scan_mempool` adds what
+  the node's mempool holds for the wallet: a spend of one of its coins (its own earlier payment, perhaps
+  made by another process restored from the same mnemonic) is adopted like a payment built here, so a
+  wallet restored while its last payment is unconfirmed neither double-spends it nor reuses its change
+  address; unconfirmed coins from others are reported but never spent.
 - Amounts are integer satoshi and fee rates integer sat/vB throughout; no float is ever involved.
 """
 
@@ -53,7 +59,7 @@ from embit.script import Script, Witness
 from embit.transaction import SIGHASH, Transaction, TransactionInput, TransactionOutput
 
 from gateway.addresses import btc_script_for_address
-from gateway.chains.bitcoin_blocks import BlockParseError, parse_block
+from gateway.chains.bitcoin_blocks import BlockParseError, parse_block, parse_transaction
 from gateway.chains.bitcoin_rpc import RpcError
 from gateway.payment_uri import parse_bip21
 
@@ -66,7 +72,9 @@ __all__ = [
     "SEQUENCE_RBF",
     "UNDO_DEPTH",
     "BitcoinWallet",
+    "HistoryEntry",
     "InsufficientFunds",
+    "MempoolRpc",
     "Outpoint",
     "Payment",
     "PaymentRejected",
@@ -134,6 +142,12 @@ class WalletRpc(Protocol):
     async def raw_transaction(self, txid: str) -> bytes: ...
 
 
+class MempoolRpc(WalletRpc, Protocol):
+    """What :meth:`BitcoinWallet.scan_mempool` needs besides :class:`WalletRpc`."""
+
+    async def mempool_txids(self) -> list[str]: ...
+
+
 @dataclass(frozen=True, slots=True, order=True)
 class Outpoint:
     txid: str  # display (big-endian) hex, as RPCs and explorers show it
@@ -192,6 +206,40 @@ class Payment:
         """What the payment sends, change excluded."""
         change = self.change.amount_sat if self.change is not None else 0
         return sum(value for _, value in self.outputs) - change
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryEntry:
+    """A transaction that pays or spends the wallet, as the chain (or the mempool) shows it.
+
+    ``received_sat`` is what its outputs pay the wallet (change included), ``sent_sat`` the value of the
+    wallet's coins it spends, ``external_sat`` what its outputs pay others. ``fee_sat`` is known when every
+    input is the wallet's own coin. ``height`` and ``block_hash`` are None while it is in the mempool.
+    """
+
+    txid: str
+    height: int | None
+    block_hash: str | None
+    received_sat: int
+    sent_sat: int
+    external_sat: int
+    fee_sat: int | None
+    coinbase: bool = False
+
+    @property
+    def direction(self) -> str:
+        """``in`` (only receives), ``out`` (spends and pays others) or ``self`` (spends back to itself)."""
+        if self.sent_sat == 0:
+            return "in"
+        return "out" if self.external_sat else "self"
+
+    @property
+    def net_sat(self) -> int:
+        """What the transaction changed the wallet's balance by (negative when it paid out)."""
+        return self.received_sat - self.sent_sat
+
+    def confirmations(self, tip_height: int) -> int:
+        return 0 if self.height is None else max(0, tip_height - self.height + 1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -283,6 +331,7 @@ class BitcoinWallet:
         self._utxos: dict[Outpoint, Utxo] = {}
         self._pending: dict[str, tuple[Outpoint, ...]] = {}  # our unconfirmed payments → the coins they spend
         self._applied: deque[_AppliedBlock] = deque(maxlen=UNDO_DEPTH)
+        self._history: list[HistoryEntry] = []  # main-chain transactions touching the wallet, oldest first
         self._birth: int | None = None
         self._tip_height = -1
         for chain in (EXTERNAL, CHANGE):
@@ -388,6 +437,21 @@ class BitcoinWallet:
     def utxo(self, outpoint: Outpoint) -> Utxo | None:
         return self._utxos.get(outpoint)
 
+    def credit(self, outpoint: Outpoint, amount_sat: int, script_pubkey: bytes, height: int | None) -> Utxo:
+        """Add a coin the caller knows pays this wallet (a funding it made itself), without a chain scan.
+
+        For callers that fund many wallets at once (the city simulation): scanning the chain once per
+        wallet would cost a block walk each. The script must be one of the wallet's.
+        """
+        owner = self._scripts.get(script_pubkey)
+        if owner is None:
+            raise WalletError("that coin does not pay one of this wallet's scripts")
+        _check_amount(amount_sat)
+        coin = Utxo(outpoint, amount_sat, script_pubkey, owner[0], owner[1], height)
+        self._utxos[outpoint] = coin
+        self._note_used(*owner)
+        return coin
+
     def spendable(self, *, include_unconfirmed: bool = True) -> list[Utxo]:
         """Coins a new payment may use: not spent by us, mature, and confirmed unless allowed otherwise."""
         tip = self._tip_height
@@ -402,6 +466,13 @@ class BitcoinWallet:
     def balance(self) -> int:
         """Confirmed, mature satoshi not spent by any of our own payments."""
         return sum(coin.amount_sat for coin in self.spendable(include_unconfirmed=False))
+
+    def history(self) -> list[HistoryEntry]:
+        """The main-chain transactions that paid or spent the wallet since its birth height, oldest first."""
+        return list(self._history)
+
+    def _pop_history(self) -> None:
+        self._history.pop()
 
     def _set(self, outpoint: Outpoint, coin: Utxo | None, undo: _Undo) -> None:
         previous = self._utxos.get(outpoint)
@@ -465,6 +536,64 @@ class BitcoinWallet:
                     )
         return ScanReport(connected, disconnected, self._tip_height, self.tip_hash, rescanned)
 
+    async def scan_mempool(self, rpc: MempoolRpc) -> list[HistoryEntry]:
+        """The node's unconfirmed transactions that pay or spend the wallet; call it after :meth:`scan`.
+
+        A transaction spending one of the wallet's coins is adopted like a payment built here: its coins
+        are marked spent, its outputs to the wallet become unconfirmed coins (so they may be spent next and
+        their change index is not handed out again), and the next :meth:`scan` confirms or forgets it. A
+        transaction that only pays the wallet is reported, but its outputs are not added: coins of others
+        are spent only once a block confirms them. Transactions that leave the mempool between the two
+        calls made here are skipped.
+        """
+        txids = await rpc.mempool_txids()
+        answers = await rpc.batch([("getrawtransaction", [txid, False]) for txid in txids])
+        waiting: dict[str, CTransaction] = {}
+        for txid, raw in zip(txids, answers, strict=True):
+            if isinstance(raw, Exception):
+                continue  # mined or evicted since getrawmempool
+            try:
+                waiting[txid] = parse_transaction(bytes.fromhex(str(raw)))
+            except (ValueError, BlockParseError) as exc:
+                raise WalletError(f"getrawtransaction {txid} answered something unreadable: {exc}") from None
+        found: list[HistoryEntry] = []
+        progress = True
+        while progress:  # parents may come after their children in getrawmempool's order
+            progress = False
+            for txid, tx in list(waiting.items()):
+                spends = [
+                    coin
+                    for txin in tx.vin
+                    if (coin := self._utxos.get(Outpoint(b2lx(txin.prevout.hash), int(txin.prevout.n))))
+                    is not None
+                ]
+                if not spends:
+                    continue
+                del waiting[txid]
+                progress = True
+                found.append(self._adopt(tx, txid, spends))
+        for txid, tx in waiting.items():
+            received = sum(int(out.nValue) for out in tx.vout if bytes(out.scriptPubKey) in self._scripts)
+            if received:
+                found.append(_history_entry(tx, txid, None, None, received, 0, 0, False))
+        return found
+
+    def _adopt(self, tx: CTransaction, txid: str, spends: Sequence[Utxo]) -> HistoryEntry:
+        """Treat an unconfirmed transaction spending ``spends`` as one of our pending payments."""
+        if txid not in self._pending:
+            self._pending[txid] = tuple(coin.outpoint for coin in spends)
+            for coin in spends:
+                if coin.spent_by is None:
+                    self._set(coin.outpoint, replace(coin, spent_by=txid), None)
+            outputs = [(bytes(out.scriptPubKey), int(out.nValue)) for out in tx.vout]
+            for coin in self._own_outputs(txid, outputs):
+                if coin.outpoint not in self._utxos:
+                    self._set(coin.outpoint, coin, None)
+                self._note_used(coin.chain, coin.index)
+        received = sum(int(out.nValue) for out in tx.vout if bytes(out.scriptPubKey) in self._scripts)
+        sent = sum(coin.amount_sat for coin in spends)
+        return _history_entry(tx, txid, None, None, received, sent, len(spends), False)
+
     async def _rewind(self, rpc: WalletRpc) -> tuple[int, bool]:
         """Undo applied blocks no longer on the main chain: (blocks undone, whether the wallet was reset)."""
         undone = 0
@@ -489,6 +618,7 @@ class BitcoinWallet:
         assert self._birth is not None
         self._utxos.clear()
         self._pending.clear()
+        self._history.clear()
         self._tip_height = self._birth - 1
         return undone, True
 
@@ -499,6 +629,7 @@ class BitcoinWallet:
         undo = record.undo
         for position, tx in enumerate(block.vtx):
             txid: str | None = None
+            sent = received = own_inputs = 0
             if position > 0:  # a coinbase's single input spends nothing
                 for txin in tx.vin:
                     outpoint = Outpoint(b2lx(txin.prevout.hash), int(txin.prevout.n))
@@ -506,6 +637,8 @@ class BitcoinWallet:
                     if coin is None:
                         continue
                     txid = txid or b2lx(tx.GetTxid())
+                    sent += coin.amount_sat
+                    own_inputs += 1
                     self._set(outpoint, None, undo)
                     if coin.spent_by is not None and coin.spent_by != txid:
                         self._forget(coin.spent_by, undo)  # a double spend won: ours can never confirm
@@ -515,6 +648,7 @@ class BitcoinWallet:
                 owner = self._scripts.get(bytes(output.scriptPubKey))
                 if owner is None:
                     continue
+                received += int(output.nValue)
                 txid = txid or b2lx(tx.GetTxid())
                 outpoint = Outpoint(txid, vout)
                 known = self._utxos.get(outpoint)
@@ -531,6 +665,12 @@ class BitcoinWallet:
                 )
                 self._set(outpoint, coin, undo)
                 self._note_used(*owner)
+            if txid is not None:
+                entry = _history_entry(
+                    tx, txid, height, block_hash, received, sent, own_inputs, position == 0
+                )
+                self._history.append(entry)
+                undo.append(self._pop_history)
         self._applied.append(record)
         self._tip_height = height
 
@@ -854,6 +994,21 @@ def _check_fee_rate(rate: int) -> None:
 def _check_amount(value: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise WalletError(f"an amount must be a positive whole number of satoshi, not {value!r}")
+
+
+def _history_entry(
+    tx: CTransaction,
+    txid: str,
+    height: int | None,
+    block_hash: str | None,
+    received: int,
+    sent: int,
+    own_inputs: int,
+    coinbase: bool,
+) -> HistoryEntry:
+    total_out = sum(int(out.nValue) for out in tx.vout)
+    fee = sent - total_out if own_inputs and own_inputs == len(tx.vin) else None
+    return HistoryEntry(txid, height, block_hash, received, sent, total_out - received, fee, coinbase)
 
 
 def _prefix_of_results(results: Sequence[Any]) -> list[Any]:
