@@ -244,14 +244,20 @@ class SqliteStore:
         conn = await idle.get()
         try:
             try:
+                # aiosqlite runs a connection's calls in order, so this rollback comes after anything an
+                # earlier read left queued when it was cancelled (a BEGIN whose caller stopped waiting).
+                await conn.rollback()
                 await conn.execute("BEGIN")
             except sqlite3.Error as exc:
                 raise translate_error(exc) from exc
             try:
                 return await fn(_ReaderTx(conn))
             finally:
+                # End the snapshot now: an idle reader holding one would keep the WAL from being
+                # checkpointed. A rollback, not a commit: nothing was written, and it also succeeds while a
+                # cursor the function left open still has rows.
                 with contextlib.suppress(sqlite3.Error):
-                    await conn.execute("COMMIT")  # ends the snapshot (nothing was written)
+                    await conn.rollback()
         finally:
             idle.put_nowait(conn)
 

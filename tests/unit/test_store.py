@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 from pathlib import Path
 
@@ -196,5 +197,35 @@ async def test_a_read_is_one_snapshot_and_sees_every_write_committed_before_it_b
         )
         assert later is not None and later["position"] == 7  # begun after the commit: sees it
         assert await running == (0, 0)  # the long read stayed on its own snapshot throughout
+    finally:
+        await store.close()
+
+
+async def test_cancelled_reads_leave_their_connection_usable(tmp_path: Path) -> None:
+    """Readers cancelled at any point (before, during or after their BEGIN) must not hand on a connection
+    still inside their transaction: the next read would fail or see their old snapshot."""
+    store = await SqliteStore.open(tmp_path / "c.sqlite3", readers=1)
+    try:
+        await store.transaction(lambda tx: _put(tx, "c", 1))
+
+        async def slow(tx: Tx) -> None:
+            await tx.fetchone("SELECT position FROM consumer_cursors")
+            await asyncio.sleep(10)
+
+        for delay in [0, 0, 0.0001, 0.0005, 0.001, 0.005]:
+            task = asyncio.create_task(store.read(slow))
+            await asyncio.sleep(delay)
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            await store.transaction(
+                lambda tx, d=delay: tx.execute(  # type: ignore[misc]
+                    "UPDATE consumer_cursors SET position = position + 1 WHERE consumer = 'c'"
+                )
+            )
+            row = await store.read(lambda tx: tx.fetchone("SELECT position FROM consumer_cursors"))
+            assert row is not None and row["position"] >= 2
+        final = await store.read(lambda tx: tx.fetchone("SELECT position FROM consumer_cursors"))
+        assert final is not None and final["position"] == 7  # every write seen by the read after it
     finally:
         await store.close()
