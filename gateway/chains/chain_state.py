@@ -115,37 +115,49 @@ class ChainState:
     async def connect(self, block: StoredBlock, spends: Sequence[AddressSpend] = ()) -> None:
         """Record ``block`` as the new tip (after its payments were recorded) with the spends from invoice
         addresses it contains, in one transaction, and forget old heights."""
+        await self.connect_many([(block, spends)])
+
+    async def connect_many(self, blocks: Sequence[tuple[StoredBlock, Sequence[AddressSpend]]]) -> None:
+        """:meth:`connect` for consecutive blocks (lowest first) in one transaction: a catch-up over many
+        blocks pays one commit, not one per block."""
+        if not blocks:
+            return
 
         async def unit(tx: Tx) -> None:
-            for spend in spends:
-                await tx.execute(
-                    "INSERT INTO address_spends (chain, spend_key, asset, address, amount_minor, payment_key,"
-                    " tx_id, block_hash, block_height) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
-                    " ON CONFLICT (chain, spend_key) DO UPDATE SET block_hash = excluded.block_hash,"
-                    " block_height = excluded.block_height",
-                    (
-                        self.chain.value,
-                        spend.spend_key,
-                        spend.asset.value,
-                        spend.address,
-                        str(spend.amount_minor),
-                        spend.payment_key,
-                        spend.tx_id,
-                        block.hash,
-                        block.height,
-                    ),
-                )
-            await tx.execute(
-                "INSERT INTO chain_blocks (chain, height, hash, prev_hash) VALUES (?, ?, ?, ?)"
-                " ON CONFLICT (chain, height) DO UPDATE SET hash = excluded.hash, prev_hash = excluded.prev_hash",
-                (self.chain.value, block.height, block.hash, block.prev_hash),
-            )
+            for block, spends in blocks:
+                await self._connect_in(tx, block, spends)
+            top = blocks[-1][0].height
             await tx.execute(
                 "DELETE FROM chain_blocks WHERE chain = ? AND (height <= ? OR height > ?)",
-                (self.chain.value, block.height - self.keep, block.height),
+                (self.chain.value, top - self.keep, top),
             )
 
         await self._store.transaction(unit)
+
+    async def _connect_in(self, tx: Tx, block: StoredBlock, spends: Sequence[AddressSpend]) -> None:
+        for spend in spends:
+            await tx.execute(
+                "INSERT INTO address_spends (chain, spend_key, asset, address, amount_minor, payment_key,"
+                " tx_id, block_hash, block_height) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (chain, spend_key) DO UPDATE SET block_hash = excluded.block_hash,"
+                " block_height = excluded.block_height",
+                (
+                    self.chain.value,
+                    spend.spend_key,
+                    spend.asset.value,
+                    spend.address,
+                    str(spend.amount_minor),
+                    spend.payment_key,
+                    spend.tx_id,
+                    block.hash,
+                    block.height,
+                ),
+            )
+        await tx.execute(
+            "INSERT INTO chain_blocks (chain, height, hash, prev_hash) VALUES (?, ?, ?, ?)"
+            " ON CONFLICT (chain, height) DO UPDATE SET hash = excluded.hash, prev_hash = excluded.prev_hash",
+            (self.chain.value, block.height, block.hash, block.prev_hash),
+        )
 
     async def disconnect_above(self, height: int) -> None:
         """Forget the stored blocks above ``height`` and the spends in them (they left the main chain)."""

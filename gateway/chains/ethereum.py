@@ -235,19 +235,26 @@ class EthereumWatcher(ChainWatcher[str]):
             blocks = await asyncio.gather(
                 *(self._w3.eth.get_block(h, full_transactions=True) for h in range(start, end + 1))
             )
+            applied: list[tuple[StoredBlock, list[PaymentFact], list[AddressSpend]]] = []
+            tip = self._tip.hash
+            moved = False
             for height, block in zip(range(start, end + 1), blocks, strict=True):
                 stored = StoredBlock(height, _hex(block["hash"]), _hex(block["parentHash"]))
-                if stored.prev_hash != self._tip.hash:
-                    return False  # the node's chain moved under us
                 transfers = by_height.get(height, [])
-                if any(_hex(t["blockHash"]) != stored.hash for t in transfers):
-                    return False  # logs and block come from different versions of the chain
+                if stored.prev_hash != tip or any(_hex(t["blockHash"]) != stored.hash for t in transfers):
+                    moved = True  # the node's chain moved under us, or logs and block disagree
+                    break
                 confirmations = last - height + 1
                 facts = await self._native_payments(block, stored, confirmations)
                 facts += await self._token_payments(transfers, stored, confirmations)
                 self._note_facts(facts)  # before the spends: a block may pay an address and sweep it
                 spends = await self._native_spends(block) + self._token_spends(transfers)
-                await self._connected(stored, facts, spends)
+                applied.append((stored, facts, spends))
+                tip = stored.hash
+            if applied:
+                await self._connected_span(applied)
+            if moved:
+                return False
         return True
 
     async def _native_payments(

@@ -278,12 +278,25 @@ class ChainWatcher(ABC, Generic[K]):
         order that makes the checkpoint safe)."""
         await self._record_all(facts)
         await self._state.connect(stored, spends)
-        self._chain[stored.height] = stored
-        horizon = stored.height - self._state.keep
+        self._remember([stored])
+
+    async def _connected_span(
+        self, blocks: Sequence[tuple[StoredBlock, Sequence[PaymentFact], Sequence[AddressSpend]]]
+    ) -> None:
+        """:meth:`_connected` for consecutive blocks: every payment of the span first, then all the blocks
+        in one transaction. A crash between the two reprocesses the span, and recording is idempotent."""
+        await self._record_all([fact for _, facts, _ in blocks for fact in facts])
+        await self._state.connect_many([(stored, spends) for stored, _, spends in blocks])
+        self._remember([stored for stored, _, _ in blocks])
+
+    def _remember(self, blocks: Sequence[StoredBlock]) -> None:
+        for stored in blocks:
+            self._chain[stored.height] = stored
+        horizon = blocks[-1].height - self._state.keep
         for height in [h for h in self._chain if h <= horizon]:
             del self._chain[height]
         self._forget_below(horizon)
-        self.status.blocks_processed += 1
+        self.status.blocks_processed += len(blocks)
 
     async def _resolve_stale(self) -> None:
         """Payments recorded in blocks that left the main chain: pending again, or dropped."""
