@@ -550,14 +550,14 @@ class SimulationBehavioursConfig(_Section):
 class SimulationConfig(_Section):
     """The city simulation (`cryptocity simulate`, docs/simulation.md); figures from context/kazakhstan.md."""
 
-    residents: Annotated[int, Field(ge=10, le=1_000_000)] = 600
+    residents: Annotated[int, Field(ge=10, le=1_000_000)] = 2000
     days: Annotated[int, Field(ge=1, le=31)] = 1
     seed: int = 2026
     payments_per_resident_day: Annotated[Decimal, Field(gt=0, le=20)] = Decimal("0.29")
     qr_sample_rate: Annotated[Decimal, Field(ge=0, le=1)] = Decimal("0.02")
     step_seconds: Annotated[int, Field(ge=10, le=3600)] = 300
     btc_block_seconds: Annotated[int, Field(ge=10)] = 600
-    eth_block_seconds: Annotated[int, Field(ge=1)] = 12
+    eth_block_seconds: Annotated[int, Field(ge=1)] = 60
     tier_mix: dict[str, Annotated[Decimal, Field(ge=0)]] = Field(
         default_factory=lambda: {
             "anonymous": Decimal("0.25"),

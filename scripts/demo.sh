@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Main job (until the city simulation lands): the gateway on the embedded store with a demo merchant, local
+# The interactive demo: the gateway on the embedded store with a demo merchant, local
 # chains (bcoin regtest, anvil with tUSDT) that it watches, and a funded demo resident wallet.
 set -euo pipefail
 cd "$(dirname "$0")/.."

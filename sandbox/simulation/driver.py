@@ -39,6 +39,7 @@ import aiohttp
 from aiohttp import web
 from embit import bip39
 from embit.networks import NETWORKS
+from yarl import URL
 
 from gateway.accounts.merchants import MerchantRegistry
 from gateway.api.state import EXTENSIONS, STORE, WATCHERS
@@ -149,6 +150,7 @@ class CitySimulation:
         self.invoices: dict[str, Invoice] = {}
         self.failures: list[str] = []
         self._waiting_for = ""
+        self._node_tips: tuple[str, str] | None = None  # (bitcoin, ethereum) tips, None after mining
 
     # -- set-up ---------------------------------------------------------------------------------------
 
@@ -159,11 +161,11 @@ class CitySimulation:
         data["logging"].update(level="warning")
         data["bitcoin"].update(hrp=REGTEST_HRP, network="regtest")
         data["bitcoin"]["rpc"].update(url=btc.url, user="cryptocity", password=btc.api_key)
-        data["bitcoin"]["watcher"].update(poll_interval_seconds=0.05)
+        data["bitcoin"]["watcher"].update(poll_interval_seconds=0.02)
         data["ethereum"].update(chain_id=eth.chain_id, token_address=eth.token_address)
         data["ethereum"]["rpc"].update(url=eth.url)
-        data["ethereum"]["watcher"].update(poll_interval_seconds=0.05)
-        data["invoices"].update(expiry_sweep_seconds=0.05)
+        data["ethereum"]["watcher"].update(poll_interval_seconds=0.02)
+        data["invoices"].update(expiry_sweep_seconds=0.02)
         data["webhooks"].update(allow_loopback=True)
         data["sandbox"].update(aggregate_cap=scaled_aggregate_cap(self.config), enabled=True)
         return Config.model_validate(data)
@@ -233,7 +235,9 @@ class CitySimulation:
             from sandbox.simulation.reconcile import reconcile
             from sandbox.simulation.report import write_outputs
 
+            reconciling = time.perf_counter()
             checks = await reconcile(self)
+            self.timings["reconcile_seconds"] = time.perf_counter() - reconciling
             return await write_outputs(self, checks)
 
     async def _onboard(self, stack: contextlib.AsyncExitStack) -> None:
@@ -247,6 +251,7 @@ class CitySimulation:
         self.registry = sandbox
         self.clients: list[CryptoCityClient] = []
         self.merchant_ids: list[str] = []
+        self.merchant_keys: list[str] = []
         for planned in self.plan.merchants:
             btc_key, eth_key = self.factory.merchant_keys(planned.index)
             merchant, key = await registry.create(
@@ -263,6 +268,7 @@ class CitySimulation:
             self.shops.secrets[merchant.id] = endpoint.secret
             self.clients.append(client)
             self.merchant_ids.append(merchant.id)
+            self.merchant_keys.append(key.plaintext)
 
     async def _register_and_fund(self) -> None:
         self.btc_wallets: dict[int, BitcoinWallet] = {}
@@ -301,16 +307,22 @@ class CitySimulation:
         while True:
             at = index * step
             await self._outages(at)
+            began = time.perf_counter()
             for planned in self.plan.by_step.get(index, []):
                 await self._purchase(planned)
             for record in self.state.late.pop(index, []):
                 await self._pay(record)
+            paid = time.perf_counter()
             if not self.state.nodes_stopped:
                 for record in self.state.queued:
                     await self._pay(record)
                 self.state.queued.clear()
                 await self._mine(at, at + step)
+            mined = time.perf_counter()
             await self._drain()
+            drained = time.perf_counter()
+            for name, seconds in (("pay", paid - began), ("mine", mined - paid), ("drain", drained - mined)):
+                self.timings[f"{name}_seconds"] = self.timings.get(f"{name}_seconds", 0.0) + seconds
             if self.progress is not None:
                 self.progress(self.state, min(index + 1, self.plan.steps), self.plan.steps)
             self.clock.advance(timedelta(seconds=step))
@@ -411,7 +423,14 @@ class CitySimulation:
     async def _read_request(self, method: PaymentMethod, record: PurchaseRecord) -> str:
         if not record.purchase.read_qr:
             return method.uri
-        async with self.http.get(method.qr.png) as response:
+        # The shop's terminal shows the invoice's QR image (fetched with the merchant's key) and the
+        # resident's wallet decodes it. The link carries the gateway's public URL; here the gateway
+        # listens on a port chosen at start.
+        path = URL(method.qr.png).path_qs
+        key = self.merchant_keys[record.purchase.merchant]
+        async with self.http.get(
+            f"{self.base}{path}", headers={"Authorization": f"Bearer {key}"}
+        ) as response:
             response.raise_for_status()
             image = await response.read()
         with tempfile.NamedTemporaryFile(suffix=".png", dir=self.out) as handle:
@@ -461,14 +480,14 @@ class CitySimulation:
         record.broadcast_wall = time.perf_counter()
         self.state.count("eth_payments")
         if behaviour is Behaviour.REPLACEMENT:
-            replacement = wallet.build_replacement(
-                signed, to=wallet.address, amount_units=0 if signed.token is None else 1
-            )
+            # the same nonce, higher fees, one base unit to the payer's own address: the payment never lands
+            replacement = wallet.build_replacement(signed, to=wallet.address, amount_units=1)
             await wallet.send_raw_prepared(w3, replacement)
             record.outcome = "replaced"
             self.state.count("eth_replaced")
 
     async def _mine(self, start: int, end: int) -> None:
+        self._node_tips = None
         btc_blocks = end // self.sim.btc_block_seconds - start // self.sim.btc_block_seconds
         eth_blocks = end // self.sim.eth_block_seconds - start // self.sim.eth_block_seconds
         reorg = any(start <= r < end for r in self.plan.reorgs_at)
@@ -486,10 +505,15 @@ class CitySimulation:
             await self.btc.reorg(depth, coinbase_address=miner)
             await self.eth.reorg(depth)
             self.state.count("reorgs")
+        t0 = time.perf_counter()
         if btc_blocks > 0:
             await self.btc.mine(btc_blocks, miner)
+        t1 = time.perf_counter()
         if eth_blocks > 0:
             await self.eth.call("anvil_mine", hex(eth_blocks))
+        t2 = time.perf_counter()
+        self.timings["mine_btc_seconds"] = self.timings.get("mine_btc_seconds", 0.0) + t1 - t0
+        self.timings["mine_eth_seconds"] = self.timings.get("mine_eth_seconds", 0.0) + t2 - t1
 
     # -- waiting for the gateway ----------------------------------------------------------------------
 
@@ -498,18 +522,20 @@ class CitySimulation:
         while not await self._caught_up():
             if asyncio.get_running_loop().time() > deadline:
                 raise SimulationStuck(await self._lag_report())
-            await asyncio.sleep(0.01)
+            await asyncio.sleep(0.02)
 
     async def _caught_up(self) -> bool:
         now = isoformat(self.clock.now())
         self._waiting_for = "chains"
         if not self.state.nodes_stopped:
             watchers = self.app[WATCHERS]
-            btc_tip = await self.rpc.best_block_hash()
+            if self._node_tips is None:  # asked once after each change: only the simulation mines
+                eth_head = await self.eth.block_hash(await self.eth.block_number())
+                self._node_tips = (await self.rpc.best_block_hash(), eth_head)
+            btc_tip, eth_tip = self._node_tips
             if watchers["bitcoin"].status.tip_hash != btc_tip:
                 self._waiting_for = f"bitcoin watcher at {watchers['bitcoin'].status.tip_height}: {watchers['bitcoin'].status.last_error}"
                 return False
-            eth_tip = await self.eth.block_hash(await self.eth.block_number())
             if watchers["ethereum"].status.tip_hash != eth_tip:
                 self._waiting_for = f"ethereum watcher at {watchers['ethereum'].status.tip_height}: {watchers['ethereum'].status.last_error}"
                 return False

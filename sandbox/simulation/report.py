@@ -74,6 +74,17 @@ async def _figures(sim: CitySimulation, checks: list[Check]) -> dict[str, Any]:
             "aggregate_cap": sim.gateway_config.sandbox.aggregate_cap,
             "setup_seconds": round(sim.timings.get("setup_seconds", 0.0), 2),
             "play_seconds": round(play, 2),
+            "play_breakdown_seconds": {
+                k.removesuffix("_seconds"): round(sim.timings.get(k, 0.0), 2)
+                for k in (
+                    "pay_seconds",
+                    "mine_seconds",
+                    "mine_btc_seconds",
+                    "mine_eth_seconds",
+                    "drain_seconds",
+                    "reconcile_seconds",
+                )
+            },
             "payments_per_second": round(len(paid) / play, 2) if play else None,
             "peak_rss_bytes": sim.peak_rss.peak,
         },
