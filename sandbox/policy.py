@@ -66,9 +66,12 @@ async def month_usage(tx: Tx, resident_id: str, month: str) -> int:
     return int(row["used"]) if row is not None else 0
 
 
-async def sandbox_volume(tx: Tx) -> int:
+async def sandbox_volume(tx: Tx, month: str) -> int:
+    """What the whole sandbox accepted in ``month`` (YYYY-MM in the pilot's time zone): the aggregate cap
+    is a calendar month's, as the sandbox's other limits are (ARCHITECTURE.md, "Sandbox figures")."""
     row = await tx.fetchone(
-        "SELECT coalesce(sum(value_tiyn), 0) AS used FROM sandbox_payments WHERE counts = 1"
+        "SELECT coalesce(sum(value_tiyn), 0) AS used FROM sandbox_payments WHERE counts = 1 AND month = ?",
+        (month,),
     )
     return int(row["used"]) if row is not None else 0
 
@@ -169,8 +172,11 @@ class SandboxGate:
         if self.store is None:
             return None
 
+        month = self._rules.month_of(request.now)
+
         async def read(tx: Tx) -> tuple[bool, int]:
-            return (await merchant_profile(tx, request.merchant_id)).suspended, await sandbox_volume(tx)
+            suspended = (await merchant_profile(tx, request.merchant_id)).suspended
+            return suspended, await sandbox_volume(tx, month)
 
         suspended, volume = await self.store.read(read)
         if suspended:
@@ -185,8 +191,8 @@ class SandboxGate:
             return Refusal(
                 403,
                 "Sandbox cap reached",
-                f"the sandbox's aggregate cap of {self._rules.config.aggregate_cap} ({cap / 100:.2f} KZT) is reached:"
-                " no new invoices until the regulator raises it",
+                f"the sandbox's aggregate cap of {self._rules.config.aggregate_cap} ({cap / 100:.2f} KZT) for"
+                f" {month} is reached: no new invoices until next month or until the regulator raises it",
                 "sandbox-cap-reached",
             )
         return None

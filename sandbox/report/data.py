@@ -69,10 +69,10 @@ class RulesInForce:
     travel_rule_threshold: str
     travel_rule_tiyn: int
     allowed_assets: tuple[str, ...]
-    counted_to_date_tiyn: int  # every counted payment so far: what the invoice gate compares with the cap
+    counted_month_tiyn: int  # the month's counted payments: what the invoice gate compares with the cap
 
 
-def rules_in_force(rules: SandboxRules, conversion: Conversion, counted_to_date_tiyn: int) -> RulesInForce:
+def rules_in_force(rules: SandboxRules, conversion: Conversion, counted_month_tiyn: int) -> RulesInForce:
     config = rules.config
     tiers = []
     for tier in Tier:
@@ -97,7 +97,7 @@ def rules_in_force(rules: SandboxRules, conversion: Conversion, counted_to_date_
         travel_rule_threshold=config.travel_rule_threshold,
         travel_rule_tiyn=rules.travel_rule_tiyn(conversion),
         allowed_assets=tuple(asset.value for asset in config.allowed_assets),
-        counted_to_date_tiyn=counted_to_date_tiyn,
+        counted_month_tiyn=counted_month_tiyn,
     )
 
 
@@ -336,7 +336,7 @@ async def gather_month(
     figures = await store.read(lambda tx: summary(tx, metrics_period, rules, conversion))
     position = await store.read(lambda tx: exposure(tx, rates, now))
     books = await store.read(lambda tx: ledger_check(tx, period))
-    counted = await store.read(sandbox_volume)
+    counted = await store.read(lambda tx: sandbox_volume(tx, period.month))
     decided = await store.read(
         lambda tx: tx.fetchall(
             "SELECT * FROM sandbox_payments WHERE decision = 'held' AND resolution IS NOT NULL"

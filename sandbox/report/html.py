@@ -125,8 +125,8 @@ def _tiles(data: MonthData, audit: VerifyResult) -> list[Tile]:
             alarm=not data.ledger.balanced,
         ),
         Tile(
-            "Counted to date vs aggregate cap",
-            kzt(rules.counted_to_date_tiyn),
+            "Counted this month vs aggregate cap",
+            kzt(rules.counted_month_tiyn),
             f"of {kzt(rules.aggregate_cap_tiyn)} ({rules.aggregate_cap})",
         ),
         Tile(

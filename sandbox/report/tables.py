@@ -356,7 +356,7 @@ def _summary(data: MonthData) -> Table:
         ("utilisation_residents", s["limit_utilisation"]["residents"]),
         ("ledger_journal_total_tiyn", data.ledger.journal_total_tiyn),
         ("ledger_balanced", "true" if data.ledger.balanced else "false"),
-        ("counted_to_date_tiyn", rules.counted_to_date_tiyn),
+        ("counted_month_tiyn", rules.counted_month_tiyn),
         ("aggregate_cap_tiyn", rules.aggregate_cap_tiyn),
         ("allowed_assets", " ".join(rules.allowed_assets)),
         ("mrp_kzt", rules.mrp_kzt),

@@ -223,6 +223,15 @@ async def test_the_aggregate_cap_refuses_new_invoices_with_403(make_gateway: Gat
     assert response.status == 403 and problem["type"].endswith("sandbox-cap-reached")
     assert "10000 KZT" in problem["detail"]
 
+    # The cap is a calendar month's (Asia/Almaty): next month the sandbox takes invoices again.
+    rules = SandboxRules(SandboxConfig())
+    _, month_end = rules.month_bounds(rules.month_of(gateway.clock.now()))
+    gateway.clock.set(month_end + timedelta(minutes=1))
+    reopened = await gateway.client.post(
+        "/v1/invoices", json={"amount": "100.00", "currency": "KZT"}, headers=gateway.auth()
+    )
+    assert reopened.status == 201, await reopened.text()
+
 
 async def test_the_regulator_releases_or_refunds_a_hold_once(make_gateway: GatewayFactory) -> None:
     gateway, _, token = await sandbox_gateway(make_gateway)
