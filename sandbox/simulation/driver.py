@@ -46,7 +46,7 @@ from gateway.api.state import EXTENSIONS, STORE, WATCHERS
 from gateway.app import create_app
 from gateway.clock import ManualClock, isoformat
 from gateway.config import Config
-from gateway.money import Asset, format_minor_units
+from gateway.money import Asset, format_minor_units, parse_decimal_amount
 from gateway.payment_uri import Bip21Request, Eip681Native, Eip681TokenTransfer, parse_payment_uri
 from gateway.store import Store
 from gateway.webhooks.fanout import WebhookFanout
@@ -114,14 +114,16 @@ def next_local_midnight(zone: str, wall: datetime) -> datetime:
 
 
 def over_limit_tickets(config: Config) -> dict[str, int]:
-    """Per tier, a ticket 10 % above the per-operation limit (capped by the invoice maximum)."""
+    """Per tier, a ticket 10 % above the per-operation limit; tiers whose limit an invoice cannot exceed
+    (above the invoice maximum) are left out, and their over-limit purchases are ordinary ones."""
     rules = SandboxRules(config.sandbox)
     conversion = rules.conversion()
-    maximum = int(config.invoices.max_amount_kzt.replace(".", ""))
+    maximum = parse_decimal_amount(config.invoices.max_amount_kzt, 2)
     found = {}
     for tier in Tier:
-        limit = rules.tier_limits(tier, conversion).per_operation_tiyn
-        found[tier.value] = min(maximum, (limit * 11 // 10) // 100 * 100)
+        ticket = (rules.tier_limits(tier, conversion).per_operation_tiyn * 11 // 10) // 100 * 100
+        if ticket <= maximum:
+            found[tier.value] = ticket
     return found
 
 

@@ -131,7 +131,8 @@ def _ticket_tiyn(rng: random.Random, median_tiyn: int, sigma: Decimal) -> int:
 
 
 def make_plan(config: SimulationConfig, *, over_limit_tiyn: Mapping[str, int]) -> Plan:
-    """The whole run. ``over_limit_tiyn``: per tier, a ticket just above its per-operation limit."""
+    """The whole run. ``over_limit_tiyn``: per tier, a ticket just above its per-operation limit (tiers
+    missing from it have no over-limit purchases)."""
     rng = random.Random(config.seed)
     residents = [
         PlannedResident(i, _pick(rng, config.tier_mix), Asset(_pick(rng, config.asset_mix)))
@@ -178,7 +179,10 @@ def make_plan(config: SimulationConfig, *, over_limit_tiyn: Mapping[str, int]) -
             behaviour = _behaviour(rng, config, resident.asset)
             price = _ticket_tiyn(rng, medians[category], config.categories[category].ticket_sigma)
             if behaviour is Behaviour.OVER_LIMIT:
-                price = over_limit_tiyn[resident.tier]
+                if resident.tier in over_limit_tiyn:
+                    price = over_limit_tiyn[resident.tier]
+                else:  # no invoice can exceed this tier's per-operation limit
+                    behaviour = Behaviour.EXACT
             read_qr = rng.random() < float(config.qr_sample_rate)
             at = max(second, start)
             purchases.append(

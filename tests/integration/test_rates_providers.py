@@ -85,11 +85,14 @@ async def _stack(aiohttp_server: Any, clock: ManualClock) -> AsyncIterator[Stack
     fake = FakeProviders(clock)
     server = await aiohttp_server(fake.app())
     base = str(server.make_url("")).rstrip("/")
+    # 1.5 s: short enough for the timeout test, long enough that a busy CI machine's stall is not taken
+    # for a provider timing out (the retry waits on the manual clock, which these tests do not always move).
+    timeout = 1.5
     async with aiohttp.ClientSession() as session:
         providers: list[RateProvider] = [
-            NationalBankRates(session, base + "/nbk", clock, timeout_seconds=0.3),
-            BinanceTicker(session, base + "/binance", clock, timeout_seconds=0.3),
-            KrakenTicker(session, base + "/kraken", clock, timeout_seconds=0.3),
+            NationalBankRates(session, base + "/nbk", clock, timeout_seconds=timeout),
+            BinanceTicker(session, base + "/binance", clock, timeout_seconds=timeout),
+            KrakenTicker(session, base + "/kraken", clock, timeout_seconds=timeout),
         ]
         composite = CompositeRates()
         refresher = RateRefresher(
