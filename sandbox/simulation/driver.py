@@ -59,7 +59,7 @@ from sandbox.devnets.ethereum import EthereumDevnet
 from sandbox.limits import SandboxRules, Tier
 from sandbox.registry import Category, Registry
 from sandbox.simulation.market import SimulatedMarket
-from sandbox.simulation.plan import Behaviour, Plan, Purchase, make_plan
+from sandbox.simulation.plan import Behaviour, Plan, PlannedResident, Purchase, make_plan
 from sandbox.simulation.rss import PeakRss
 from sandbox.simulation.shop import CityShops
 from sandbox.simulation.wallets import (
@@ -74,6 +74,7 @@ from wallets.ethereum import EthereumWallet, EthereumWalletError
 from wallets.qr import read_qr_text
 
 STRANGER = 10_000_000  # wallet index of the unregistered payers (one per chain)
+REGISTRATION_BATCH = 256
 DRAIN_DEADLINE_SECONDS = 60.0
 ETH_GAS_PRICE_NOTE = "fees from the node's suggestion; gas estimated by the wallet"
 
@@ -276,11 +277,11 @@ class CitySimulation:
         self.btc_wallets: dict[int, BitcoinWallet] = {}
         self.eth_wallets: dict[int, EthereumWallet] = {}
         self.resident_ids: dict[int, str] = {}
-        for resident in self.plan.residents:
+
+        async def register(resident: PlannedResident) -> None:
             tier = Tier(resident.tier)
-            found = await self.registry.add_resident(
-                tier, originator_data=tier is Tier.VERIFIED and resident.index % 5 != 0
-            )
+            with_data = tier is Tier.VERIFIED and resident.index % 5 != 0
+            found = await self.registry.add_resident(tier, originator_data=with_data)
             self.resident_ids[resident.index] = found.id
             if resident.asset is Asset.BTC:
                 wallet = self.factory.bitcoin(resident.index)
@@ -291,6 +292,14 @@ class CitySimulation:
                 eth_wallet = self.factory.ethereum(resident.index)
                 self.eth_wallets[resident.index] = eth_wallet
                 await self.registry.register_wallet(found.id, "ethereum", eth_wallet.address)
+
+        # Many residents at once, so the store's group commit writes them together (one by one, the
+        # full city's quarter of a million registrations would each wait for their own commit).
+        residents = self.plan.residents
+        for start in range(0, len(residents), REGISTRATION_BATCH):
+            await asyncio.gather(*(register(r) for r in residents[start : start + REGISTRATION_BATCH]))
+        self.btc_wallets = dict(sorted(self.btc_wallets.items()))
+        self.eth_wallets = dict(sorted(self.eth_wallets.items()))
         self.btc_stranger = self.factory.bitcoin(STRANGER)
         self.eth_stranger = self.factory.ethereum(STRANGER)
         btc_funded = [*self.btc_wallets.values(), *([self.btc_stranger] * 20)]
