@@ -47,10 +47,7 @@ def _table(result: dict[str, Any]) -> str:
         ),
         ("payments per second", f"{result['payments_per_second']:.2f}"),
         ("peak RSS, process tree", "n/a" if rss is None else f"{rss / 2**20:,.0f} MiB (target <= 1,024 MiB)"),
-        (
-            "time: pay / mine / drain / reconcile",
-            " / ".join(f"{v:.0f} s" for v in result["breakdown"].values()),
-        ),
+        *((f"  time: {name}", f"{seconds:.1f} s") for name, seconds in result["breakdown"].items()),
         ("reconciliation", "all passed" if result["ok"] else "FAILED"),
     ]
     width = max(len(name) for name, _ in rows)
