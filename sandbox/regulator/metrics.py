@@ -41,7 +41,8 @@ class Period:
         return isoformat(self.start), isoformat(self.end)
 
 
-def _percentile(values: list[float], q: float) -> float | None:
+def percentile(values: list[float], q: float) -> float | None:
+    """The nearest-rank ``q``-th percentile (0-100) of ``values``; None for no values."""
     if not values:
         return None
     ordered = sorted(values)
@@ -116,9 +117,9 @@ async def summary(tx: Tx, period: Period, rules: SandboxRules, conversion: Conve
         },
         "settlement_seconds": {
             "count": len(durations),
-            "p50": _percentile(durations, 50),
-            "p90": _percentile(durations, 90),
-            "p99": _percentile(durations, 99),
+            "p50": percentile(durations, 50),
+            "p90": percentile(durations, 90),
+            "p99": percentile(durations, 99),
             "max": max(durations) if durations else None,
         },
         "payments": {
@@ -152,7 +153,7 @@ async def utilisation(tx: Tx, month: str, rules: SandboxRules, conversion: Conve
         "month": month,
         "residents": len(rows),
         "buckets_percent": buckets,
-        "median_percent_by_tier": {tier: _percentile(shares, 50) for tier, shares in sorted(by_tier.items())},
+        "median_percent_by_tier": {tier: percentile(shares, 50) for tier, shares in sorted(by_tier.items())},
     }
 
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import os
 import signal
 import tempfile
@@ -76,7 +77,6 @@ from wallets.qr import read_qr_text
 STRANGER = 10_000_000  # wallet index of the unregistered payers (one per chain)
 REGISTRATION_BATCH = 256
 DRAIN_DEADLINE_SECONDS = 60.0
-ETH_GAS_PRICE_NOTE = "fees from the node's suggestion; gas estimated by the wallet"
 
 
 @dataclass(slots=True)
@@ -100,7 +100,6 @@ class RunState:
     conflicts: list[tuple[BitcoinWallet, BitcoinPayment]] = field(default_factory=list)
     expected_btc: set[str] = field(default_factory=set)  # broadcast txids the gateway must have recorded
     nodes_stopped: bool = False
-    reorgs_done: int = 0
     counters: dict[str, int] = field(default_factory=dict)
 
     def count(self, name: str, by: int = 1) -> None:
@@ -604,6 +603,5 @@ class SimulationStuck(Exception):
 
 
 def hashlib_key(seed: int) -> bytes:
-    import hashlib
-
+    """The run's audit key: fixed by the seed, so a run's log can be verified again afterwards."""
     return hashlib.sha256(f"cryptocity-simulation-audit:{seed}".encode()).digest()

@@ -16,7 +16,7 @@ from jinja2 import Environment, select_autoescape
 
 from gateway.money import Asset
 from sandbox.limits import SandboxRules
-from sandbox.regulator.metrics import Period, summary, utilisation
+from sandbox.regulator.metrics import Period, percentile, summary, utilisation
 from sandbox.regulator.tokens import RegulatorTokens
 from sandbox.report import charts
 from sandbox.simulation.plan import counts
@@ -27,14 +27,12 @@ if TYPE_CHECKING:
 
 
 def _percentiles(values: list[float]) -> dict[str, float | None]:
-    if not values:
-        return {"p50": None, "p90": None, "p99": None, "max": None}
-    ordered = sorted(values)
-
-    def at(q: float) -> float:
-        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-    return {"p50": at(0.5), "p90": at(0.9), "p99": at(0.99), "max": ordered[-1]}
+    return {
+        "p50": percentile(values, 50),
+        "p90": percentile(values, 90),
+        "p99": percentile(values, 99),
+        "max": max(values) if values else None,
+    }
 
 
 async def _figures(sim: CitySimulation, checks: list[Check]) -> dict[str, Any]:
