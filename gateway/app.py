@@ -3,6 +3,12 @@
 Each long-lived resource (store, address pool, outbox consumers, expiry sweeper) is set up and torn down in
 its own cleanup context, so teardown runs only for what was set up, in reverse order, and background tasks
 are cancelled and awaited on exit.
+
+The single-writer jobs (chain watchers, rates refresher, outbox runner, expiry sweeper) run only while this
+process leads (gateway/cluster/leader.py): each context registers its job with the app's ``Leadership``,
+which starts it at once when the process leads (always with SQLite; with PostgreSQL when this process
+holds the leader lock) and stops and restarts it as leadership comes and goes. Everything else (the API,
+the webhook dispatcher, the checkout hub) runs in every process.
 """
 
 from __future__ import annotations
@@ -12,10 +18,10 @@ import contextlib
 import multiprocessing
 import os
 import sys
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 import structlog
@@ -36,6 +42,7 @@ from gateway.api.state import (
     CLOCK,
     CONFIG,
     EXTENSIONS,
+    LEADERSHIP,
     OUTBOX,
     RATES,
     REGISTRY,
@@ -49,8 +56,19 @@ from gateway.chains.bitcoin_rpc import BitcoinRpc, RpcEndpoint, RpcUnavailable
 from gateway.chains.chain_state import ChainState
 from gateway.chains.ethereum import EthereumSettings, EthereumWatcher, check_ethereum_node
 from gateway.chains.watcher import WatcherRefused
+from gateway.chains.web3_http import keep_alive_web3
 from gateway.checkout import setup_checkout
 from gateway.clock import Clock, SystemClock
+from gateway.cluster import (
+    CommitNotifications,
+    ElectionSettings,
+    Elector,
+    Leadership,
+    PostgresElection,
+    SingleProcess,
+    leader_lock_key,
+)
+from gateway.cluster.leader import ELECTION_SESSION
 from gateway.config import Config
 from gateway.extensions import Extensions
 from gateway.invoices.service import InvoiceService, MerchantTerms
@@ -59,7 +77,7 @@ from gateway.outbox import OutboxRunner
 from gateway.rates import RateSource
 from gateway.rates.history import RateHistory
 from gateway.rates.live import ConfiguredRates
-from gateway.store import Store, open_store
+from gateway.store import PostgresStore, Store, open_store
 from gateway.webhooks import api as webhooks_api
 from gateway.webhooks.dispatcher import WebhookDispatcher, settings_from_config
 from gateway.webhooks.endpoints import EndpointRegistry
@@ -87,8 +105,10 @@ def create_app(
     app[CLOCK] = clock or SystemClock()
     app[EXTENSIONS] = ext
     app[MAX_BODY_KEY] = config.server.max_body_bytes
+    app.on_shutdown.append(_stop_seeking_leadership)
     app.cleanup_ctx.append(_chain_guard_ctx)
     app.cleanup_ctx.append(_store_ctx(store))
+    app.cleanup_ctx.append(_cluster_ctx)
     app.cleanup_ctx.append(_services_ctx(rates))
     app.cleanup_ctx.append(_webhooks_ctx)
     app.cleanup_ctx.append(_outbox_ctx)
@@ -125,10 +145,61 @@ def _store_ctx(given: Store | None) -> Any:
     return ctx
 
 
+async def _stop_seeking_leadership(app: web.Application) -> None:
+    """Shutdown has begun (in-flight requests are draining): a follower must not take the lead now."""
+    if LEADERSHIP in app:
+        app[LEADERSHIP].seeking = False
+
+
+async def _cluster_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Who leads: with SQLite this process, always; with PostgreSQL the holder of the leader lock, decided
+    now (a process alone leads before its first request) and kept up by the election loop. With PostgreSQL
+    also the LISTEN that turns other processes' commits into ``on_commit`` wake-ups."""
+    store, cfg = app[STORE], app[CONFIG].cluster
+    clustered = isinstance(store, PostgresStore)
+    leadership = Leadership(clustered=clustered)
+    app[LEADERSHIP] = leadership
+    notifications: CommitNotifications | None = None
+    elector: Elector
+    if isinstance(store, PostgresStore):
+        pg = store
+        elector = PostgresElection(
+            leadership,
+            lambda: pg.connect_dedicated(settings=ELECTION_SESSION),
+            leader_lock_key(pg.schema),
+            ElectionSettings(
+                retry_seconds=cfg.retry_seconds,
+                check_seconds=cfg.check_seconds,
+                check_timeout_seconds=cfg.check_timeout_seconds,
+                reconnect_max_seconds=cfg.reconnect_max_seconds,
+            ),
+        )
+        notifications = CommitNotifications(
+            pg,
+            check_seconds=cfg.check_seconds,
+            check_timeout_seconds=cfg.check_timeout_seconds,
+            reconnect_max_seconds=cfg.reconnect_max_seconds,
+        )
+        notifications.start()
+    else:
+        elector = SingleProcess(leadership)
+    try:
+        await elector.start()
+    except BaseException:
+        if notifications is not None:
+            await notifications.stop()
+        raise
+    yield
+    await elector.stop()  # every context has stopped its own job by now; this releases the lock
+    if notifications is not None:
+        await notifications.stop()
+
+
 def _services_ctx(rates: RateSource | None) -> Any:
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         cfg = app[CONFIG]
         store, clock = app[STORE], app[CLOCK]
+        leadership = app[LEADERSHIP]
         registry = MerchantRegistry(
             store,
             clock,
@@ -150,8 +221,26 @@ def _services_ctx(rates: RateSource | None) -> Any:
         # The fixed table while rates.fixed is on; otherwise the live providers behind the composite. With no
         # fresh rate, creation answers 503 (what the pilot wants without a trustworthy rate).
         history = RateHistory(store, clock, retention_days=cfg.rates.history_retention_days)
-        configured = ConfiguredRates(cfg.rates, clock, source=rates, history=history)
-        await configured.start()
+        configured = ConfiguredRates(
+            cfg.rates,
+            clock,
+            source=rates,
+            history=history,
+            # several processes: only the leader polls the providers, the others read what it recorded
+            shared_store=store if leadership.clustered else None,
+            stored_poll_seconds=cfg.cluster.rates_poll_seconds,
+        )
+        await configured.start_following()
+
+        @contextlib.asynccontextmanager
+        async def refresher() -> AsyncIterator[None]:
+            await configured.start_leading()
+            try:
+                yield
+            finally:
+                await configured.stop_leading()
+
+        await leadership.add("rates", refresher)
         app[RATES] = configured
         source = configured.source
 
@@ -185,6 +274,7 @@ def _services_ctx(rates: RateSource | None) -> Any:
         for hook in app[EXTENSIONS].on_start:
             await hook(app)
         yield
+        await leadership.remove("rates")
         await configured.stop()
         await indexes.close()
         await pool.close()
@@ -219,16 +309,28 @@ async def _webhooks_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _outbox_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The outbox consumers (webhook fan-out, then the extensions'): a leader job, each resuming from its
+    stored cursor whenever this process (again) leads."""
     consumers = [WebhookFanout(app[CLOCK]), *app[EXTENSIONS].consumers]
     runner = OutboxRunner(app[STORE], app[CLOCK], consumers)
     app[OUTBOX] = runner
-    runner.start()
+
+    @contextlib.asynccontextmanager
+    async def run() -> AsyncIterator[None]:
+        runner.start()
+        try:
+            yield
+        finally:
+            await runner.stop()
+
+    await app[LEADERSHIP].add("outbox", run)
     yield
-    await runner.stop()
+    await app[LEADERSHIP].remove("outbox")
 
 
 async def _expiry_sweeper_ctx(app: web.Application) -> AsyncIterator[None]:
-    """Housekeeping on the domain clock: expire invoices whose time is up, forget old Idempotency-Keys."""
+    """Housekeeping on the domain clock: expire invoices whose time is up, forget old Idempotency-Keys.
+    A leader job: the invoices' expiry times are in the store, so a new leader's sweeper simply goes on."""
     service, interval = app[SERVICE], app[CONFIG].invoices.expiry_sweep_seconds
     forget_every = max(1, round(60 / interval))  # idempotency keys: about once a minute
 
@@ -244,9 +346,17 @@ async def _expiry_sweeper_ctx(app: web.Application) -> AsyncIterator[None]:
             rounds += 1
             await asyncio.sleep(interval)
 
-    task = asyncio.create_task(sweep(), name="expiry-sweeper")
+    @contextlib.asynccontextmanager
+    async def run() -> AsyncIterator[None]:
+        task = asyncio.create_task(sweep(), name="expiry-sweeper")
+        try:
+            yield
+        finally:
+            await _cancel(task)
+
+    await app[LEADERSHIP].add("expiry-sweeper", run)
     yield
-    await _cancel(task)
+    await app[LEADERSHIP].remove("expiry-sweeper")
 
 
 async def _cancel(task: asyncio.Task[None]) -> None:
@@ -329,13 +439,38 @@ async def _bitcoin_watcher_ctx(app: web.Application) -> AsyncIterator[None]:
         session, _bitcoin_endpoint(cfg), timeout_seconds=rpc_cfg.timeout_seconds, retries=rpc_cfg.retries
     )
     state = ChainState(app[STORE], Chain.BITCOIN, keep=cfg.bitcoin.watcher.recent_blocks)
-    watcher = BitcoinWatcher(rpc, state, app[SERVICE], bitcoin_watcher_settings(cfg))
-    app[WATCHERS]["bitcoin"] = watcher
-    task = asyncio.create_task(watcher.run(), name="bitcoin-watcher")
+
+    def watcher() -> BitcoinWatcher:
+        return BitcoinWatcher(rpc, state, app[SERVICE], bitcoin_watcher_settings(cfg))
+
+    await app[LEADERSHIP].add("bitcoin-watcher", _watcher_job(app, "bitcoin", watcher))
     log.info("bitcoin.watcher_configured", url=rpc_cfg.url, network=cfg.bitcoin.network)
     yield
-    await _cancel(task)
+    await app[LEADERSHIP].remove("bitcoin-watcher")
     await session.close()
+
+
+class _Runs(Protocol):
+    async def run(self) -> None: ...
+
+
+def _watcher_job(app: web.Application, chain: str, build: Callable[[], _Runs]) -> Any:
+    """A chain watcher as a leader job: a new watcher per leadership term (it reads its checkpoint and
+    recent blocks from the store when it starts), shown in app[WATCHERS] while it runs."""
+
+    @contextlib.asynccontextmanager
+    async def run() -> AsyncIterator[None]:
+        watcher = build()
+        app[WATCHERS][chain] = watcher
+        task = asyncio.create_task(watcher.run(), name=f"{chain}-watcher")
+        try:
+            yield
+        finally:
+            await _cancel(task)
+            if app[WATCHERS].get(chain) is watcher:
+                del app[WATCHERS][chain]
+
+    return run
 
 
 def ethereum_watcher_settings(cfg: Config) -> EthereumSettings:
@@ -363,14 +498,14 @@ async def _ethereum_watcher_ctx(app: web.Application) -> AsyncIterator[None]:
     if not cfg.ethereum.rpc.url:
         yield
         return
-    w3 = AsyncWeb3(
-        AsyncHTTPProvider(cfg.ethereum.rpc.url, request_kwargs={"timeout": cfg.ethereum.rpc.timeout_seconds})
-    )
+    w3 = await keep_alive_web3(cfg.ethereum.rpc.url, timeout_seconds=cfg.ethereum.rpc.timeout_seconds)
     state = ChainState(app[STORE], Chain.ETHEREUM, keep=cfg.ethereum.watcher.recent_blocks)
-    watcher = EthereumWatcher(w3, state, app[SERVICE], ethereum_watcher_settings(cfg))
-    app[WATCHERS]["ethereum"] = watcher
-    task = asyncio.create_task(watcher.run(), name="ethereum-watcher")
+
+    def watcher() -> EthereumWatcher:
+        return EthereumWatcher(w3, state, app[SERVICE], ethereum_watcher_settings(cfg))
+
+    await app[LEADERSHIP].add("ethereum-watcher", _watcher_job(app, "ethereum", watcher))
     log.info("ethereum.watcher_configured", url=cfg.ethereum.rpc.url, chain_id=cfg.ethereum.chain_id)
     yield
-    await _cancel(task)
+    await app[LEADERSHIP].remove("ethereum-watcher")
     await w3.provider.disconnect()

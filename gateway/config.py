@@ -11,6 +11,7 @@ pydantic's error list into :class:`ConfigError` with exactly that line.
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from collections.abc import Callable, Mapping
 from decimal import Decimal
@@ -50,11 +51,35 @@ class ServerConfig(_Section):
 
 
 class StoreConfig(_Section):
+    # "schema" is BaseModel's own attribute name, so the field is schema_name under the key store.schema.
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
     path: str = "var/cryptocity.sqlite3"
     dsn: str = ""
+    schema_name: Annotated[str, Field(alias="schema")] = ""
+    pool_size: Annotated[int, Field(ge=1, le=200)] = 10
     max_batch: Annotated[int, Field(ge=1, le=10000)] = 512
     readers: Annotated[int, Field(ge=1, le=16)] = 2
     busy_timeout_ms: Annotated[int, Field(ge=0)] = 5000
+
+    @field_validator("schema_name")
+    @classmethod
+    def _identifier(cls, value: str) -> str:
+        if value and not re.fullmatch(r"[a-z_][a-z0-9_]{0,62}", value):
+            raise ValueError("expected a lower-case SQL identifier (a-z, 0-9, _), or empty")
+        return value
+
+
+class ClusterConfig(_Section):
+    """Several gateway processes on one PostgreSQL store (gateway/cluster/): the leader election's timings.
+
+    Unused with the SQLite store, whose single process always leads."""
+
+    retry_seconds: Annotated[float, Field(gt=0, le=60)] = 1.0
+    check_seconds: Annotated[float, Field(gt=0, le=60)] = 1.0
+    check_timeout_seconds: Annotated[float, Field(gt=0, le=60)] = 2.0
+    reconnect_max_seconds: Annotated[float, Field(gt=0, le=600)] = 10.0
+    rates_poll_seconds: Annotated[float, Field(gt=0, le=60)] = 2.0
 
 
 class LoggingConfig(_Section):
@@ -558,6 +583,7 @@ class SimulationConfig(_Section):
     step_seconds: Annotated[int, Field(ge=10, le=3600)] = 300
     btc_block_seconds: Annotated[int, Field(ge=10)] = 600
     eth_block_seconds: Annotated[int, Field(ge=1)] = 60
+    concurrency: Annotated[int, Field(ge=1, le=1024)] = 32
     tier_mix: dict[str, Annotated[Decimal, Field(ge=0)]] = Field(
         default_factory=lambda: {
             "anonymous": Decimal("0.25"),
@@ -603,6 +629,7 @@ class SimulationConfig(_Section):
 class Config(_Section):
     server: ServerConfig = Field(default_factory=ServerConfig)
     store: StoreConfig = Field(default_factory=StoreConfig)
+    cluster: ClusterConfig = Field(default_factory=ClusterConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     invoices: InvoicesConfig = Field(default_factory=InvoicesConfig)
     assets: AssetsConfig = Field(default_factory=AssetsConfig)

@@ -8,7 +8,9 @@ crash between reading and acting replays events rather than losing them (at-leas
 their effects idempotent by event id).
 
 With the single SQLite writer, ``seq`` grows in commit order, so "everything after my cursor" never skips a
-row committed later with a smaller number.
+row committed later with a smaller number. The PostgreSQL store keeps the same guarantee by serialising the
+units that insert into the outbox from their first insert to their commit (an advisory lock; postgres.py),
+which is why events are written with a statement that starts ``INSERT INTO outbox``.
 """
 
 from __future__ import annotations

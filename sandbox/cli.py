@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import secrets
 import signal
 import socket
@@ -31,12 +32,13 @@ from gateway.app import create_app
 from gateway.chains.bitcoin_rpc import RpcError, RpcUnavailable
 from gateway.chains.watcher import WatcherRefused
 from gateway.clock import SystemClock
+from gateway.cluster.supervisor import Supervisor
 from gateway.config import Config, ConfigError, default_config_path, load_config
 from gateway.extensions import Extensions
 from gateway.logging import configure_logging
 from gateway.money import AmountError, Asset, format_minor_units, parse_decimal_amount
 from gateway.rates.live import ConfiguredRates
-from gateway.store import SqliteStore, StoreError, Tx, open_store
+from gateway.store import Store, StoreError, Tx, describe_store, open_store
 from sandbox.audit import AuditKey, audit_extensions, record_startup
 from sandbox.audit.cli import add_audit_commands, run_audit_command
 from sandbox.audit.keys import AuditKeyError
@@ -50,6 +52,7 @@ from sandbox.limits import Tier
 from sandbox.operator_cli import add_sandbox_commands, run_sandbox_command
 from sandbox.registry import NotRegistered, Registry, RegistryError, normalise_owner, residents_of
 from sandbox.simulation.cli import add_simulate_command, run_simulate_command
+from sandbox.store_cli import add_store_commands, run_store_command
 from wallets.bitcoin import CHANGE, EXTERNAL, BitcoinWallet, WalletError
 from wallets.cli import (
     RegistrationRefused,
@@ -83,6 +86,16 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also run local chains (bcoin regtest, anvil with tUSDT), watch them, and fund a demo resident",
     )
+    serve.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        metavar="N",
+        help="run N gateway processes on the same host:port (SO_REUSEPORT), supervised; needs PostgreSQL (store.dsn)",
+    )
+    # Set by the supervisor of --processes on the workers it starts (not for people).
+    serve.add_argument("--worker", type=int, default=0, help=argparse.SUPPRESS)
+    serve.add_argument("--supervisor-pid", type=int, default=0, help=argparse.SUPPRESS)
 
     sub.add_parser("migrate", help="apply database migrations and exit")
 
@@ -155,6 +168,7 @@ def _parser() -> argparse.ArgumentParser:
     add_sandbox_commands(sub)  # sandbox resident|wallet|merchant|token (operator_cli.py)
     add_audit_commands(sub)  # audit verify|head (sandbox/audit/cli.py)
     add_simulate_command(sub)  # simulate (sandbox/simulation/cli.py)
+    add_store_commands(sub)  # store migrate-sqlite-to-pg (sandbox/store_cli.py)
     return parser
 
 
@@ -181,6 +195,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(config.logging.level, config.logging.format)
     try:
         if args.command == "serve":
+            if args.processes != 1 or args.worker:
+                return _serve_processes(config, args)
             return asyncio.run(_serve(config, demo=args.demo, devnets=args.devnets))
         if args.command == "migrate":
             return asyncio.run(_migrate(config))
@@ -196,6 +212,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(run_audit_command(args, config))
         if args.command == "simulate":
             return asyncio.run(run_simulate_command(args, config))
+        if args.command == "store":
+            return asyncio.run(run_store_command(args, config))
         return asyncio.run(_merchants(config, args))
     except StoreError as exc:
         print(f"store error: {exc}", file=sys.stderr)
@@ -472,13 +490,12 @@ def _print_rates(view: dict[str, object]) -> None:
 async def _migrate(config: Config) -> int:
     store = await open_store(config.store)
     await store.close()
-    print(f"migrations applied to {config.store.path}")
+    print(f"migrations applied to {describe_store(config.store)}")
     return 0
 
 
-async def _with_registry(config: Config) -> tuple[MerchantRegistry, SqliteStore]:
+async def _with_registry(config: Config) -> tuple[MerchantRegistry, Store]:
     store = await open_store(config.store)
-    assert isinstance(store, SqliteStore)
     registry = MerchantRegistry(
         store, SystemClock(), key_environment=config.merchants.api_key_environment, auth_cache_seconds=0
     )
@@ -660,13 +677,91 @@ def _pilot_extensions(config: Config, key: AuditKey | None = None) -> Extensions
     )
 
 
-async def _serve_gateway(config: Config, *, demo: bool, chains: _DemoChains | None) -> int:
+def _serve_processes(config: Config, args: argparse.Namespace) -> int:
+    """`serve --processes N`: the supervisor (gateway/cluster/supervisor.py), or one of its workers."""
+    if args.worker:
+        return asyncio.run(_serve_worker(config, args.worker, args.supervisor_pid))
+    if args.processes < 1:
+        print("serve --processes: give a number of processes of at least 1", file=sys.stderr)
+        return 2
+    if not config.store.dsn:
+        print(
+            f"serve --processes {args.processes}: several processes need the PostgreSQL store (set store.dsn);"
+            " the SQLite store belongs to a single process",
+            file=sys.stderr,
+        )
+        return 2
+    if args.devnets:
+        print("serve --devnets runs its local chains in one process: leave out --processes", file=sys.stderr)
+        return 2
+    # Bound here first (never listening) to keep the port for the workers and to resolve port 0.
+    family = socket.AF_INET6 if ":" in config.server.host else socket.AF_INET
+    reserved = socket.socket(family)
+    reserved.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    try:
+        reserved.bind((config.server.host, config.server.port))
+    except OSError as exc:
+        print(f"serve: cannot bind {config.server.host}:{config.server.port}: {exc}", file=sys.stderr)
+        return 1
+    port = int(reserved.getsockname()[1])
+    base = f"http://{config.server.host}:{port}"
+    try:
+        # Once here, so an unreachable store is one clear error instead of N workers restarting.
+        asyncio.run(_open_store_once(config))
+        demo_key = asyncio.run(_demo_merchant(config)) if args.demo else None
+    except BaseException:
+        reserved.close()
+        raise
+    prefix = [sys.executable, "-m", "sandbox.cli"]
+    if args.config is not None:
+        prefix += ["--config", str(Path(args.config).resolve())]
+    serve = [*prefix, "serve", "--host", config.server.host, "--port", str(port)]
+    commands = [
+        [*serve, "--worker", str(index), "--supervisor-pid", str(os.getpid())]
+        for index in range(1, args.processes + 1)
+    ]
+    print(
+        f"cryptocity supervisor (pid {os.getpid()}): {args.processes} gateway processes on {base}", flush=True
+    )
+    if demo_key:
+        _print_demo(base, demo_key)
+    try:
+        return asyncio.run(
+            Supervisor(commands, stop_timeout_seconds=config.server.shutdown_timeout_seconds + 10).run()
+        )
+    finally:
+        reserved.close()
+
+
+async def _open_store_once(config: Config) -> None:
+    """Open the store (applying pending migrations) and close it again."""
+    store = await open_store(config.store)
+    await store.close()
+
+
+async def _serve_worker(config: Config, index: int, supervisor_pid: int) -> int:
+    """One worker of `serve --processes`: a whole gateway on the shared port, ending with its supervisor."""
+    return await _serve_gateway(config, demo=False, chains=None, worker=index, supervisor_pid=supervisor_pid)
+
+
+async def _supervisor_gone(pid: int, stop: asyncio.Event) -> None:
+    """Stop (gracefully) once the supervisor that started this worker is gone (this process re-parented)."""
+    while os.getppid() == pid:
+        await asyncio.sleep(1.0)
+    stop.set()
+
+
+async def _serve_gateway(
+    config: Config, *, demo: bool, chains: _DemoChains | None, worker: int = 0, supervisor_pid: int = 0
+) -> int:
     demo_key = await _demo_merchant(config) if demo else None
     if chains is not None and config.sandbox.enabled:
         await _register_demo_resident(config, chains)
     # Bind first, so that with port 0 the links the API returns carry the port actually chosen.
     listener = socket.socket(socket.AF_INET6 if ":" in config.server.host else socket.AF_INET)
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if worker:  # the supervisor's workers share one port; the kernel spreads connections over them
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     listener.bind((config.server.host, config.server.port))
     if config.server.port == 0:
         bound_server = config.server.model_copy(update={"port": listener.getsockname()[1]})
@@ -678,7 +773,11 @@ async def _serve_gateway(config: Config, *, demo: bool, chains: _DemoChains | No
     await site.start()
     bound = runner.addresses[0]
     base = f"http://{bound[0]}:{bound[1]}"
-    print(f"cryptocity gateway listening on {base}", flush=True)
+    print(
+        f"cryptocity gateway listening on {base}"
+        + (f" (worker {worker}, pid {os.getpid()})" if worker else ""),
+        flush=True,
+    )
     if demo_key:
         _print_demo(base, demo_key)
     if chains is not None:
@@ -687,7 +786,10 @@ async def _serve_gateway(config: Config, *, demo: bool, chains: _DemoChains | No
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    watch = asyncio.create_task(_supervisor_gone(supervisor_pid, stop)) if supervisor_pid else None
     await stop.wait()
+    if watch is not None:
+        watch.cancel()
     print("shutting down", flush=True)
     await runner.cleanup()
     return 0

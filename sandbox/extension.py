@@ -32,7 +32,10 @@ class OfficialUsdRate:
         self.rates: Any = None
 
     def __call__(self) -> Decimal | None:
-        source = getattr(self.rates, "source", None)
+        # The live composite is ``rates.composite`` (``rates.source`` wraps it when several processes share
+        # the store); a follower's composite holds no quotes, so it uses the configured rate, as when the
+        # National Bank is down.
+        source = getattr(self.rates, "composite", None) or getattr(self.rates, "source", None)
         if isinstance(source, CompositeRates):
             for quote in source.quotes():
                 if quote.official and tuple(quote.pair) == ("USD", "KZT"):

@@ -1,4 +1,11 @@
-"""Liveness and readiness: /healthz says the process answers, /readyz that it can take payments."""
+"""Liveness and readiness: /healthz says the process answers, /readyz that it can take payments.
+
+Both say which role this process has (gateway/cluster/): /readyz always, under ``cluster``; /healthz
+only when the store is shared (PostgreSQL), so that a load balancer or an operator polling several
+processes sees which one leads, while a single SQLite gateway's liveness answer stays as it always was.
+A follower is ready as much as the leader: it serves the whole API; its chain watchers simply run
+elsewhere (they appear under ``chains`` on the leader only).
+"""
 
 from __future__ import annotations
 
@@ -6,7 +13,7 @@ import json
 
 from aiohttp import web
 
-from gateway.api.state import STORE, WATCHERS
+from gateway.api.state import LEADERSHIP, STORE, WATCHERS
 from gateway.store import StoreError, Tx
 
 routes = web.RouteTableDef()
@@ -14,7 +21,11 @@ routes = web.RouteTableDef()
 
 @routes.get("/healthz")
 async def healthz(request: web.Request) -> web.Response:
-    return web.json_response({"status": "ok", "checks": {}})
+    body: dict[str, object] = {"status": "ok", "checks": {}}
+    leadership = request.app.get(LEADERSHIP)
+    if leadership is not None and leadership.clustered:
+        body["cluster"] = leadership.view()
+    return web.json_response(body)
 
 
 @routes.get("/readyz")
@@ -43,4 +54,7 @@ async def readyz(request: web.Request) -> web.Response:
     body: dict[str, object] = {"status": "ok" if ready else "unavailable", "checks": checks}
     if watchers:
         body["chains"] = watchers
+    leadership = request.app.get(LEADERSHIP)
+    if leadership is not None:
+        body["cluster"] = leadership.view()
     return web.Response(status=200 if ready else 503, text=json.dumps(body), content_type="application/json")

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 
 from aiohttp import web
 
-from gateway.api.state import CLOCK, EXTENSIONS, RATES, STORE, WATCHERS
+from gateway.api.state import CLOCK, EXTENSIONS, LEADERSHIP, RATES, STORE, WATCHERS
 from gateway.metrics import CONTENT_TYPE, MetricsExporter, MetricSources
 from gateway.metrics.families import Watched
 from gateway.webhooks.fanout import WebhookFanout
@@ -33,6 +33,7 @@ async def metrics(request: web.Request) -> web.Response:
         rates_view=app[RATES].view(),
         # The consumers app.py's outbox context runs: the webhook fan-out, then the extensions' own.
         consumers=[WebhookFanout.name, *(consumer.name for consumer in app[EXTENSIONS].consumers)],
+        leader=app[LEADERSHIP].is_leader if LEADERSHIP in app else True,
     )
     body = await app[METRICS].scrape(sources)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})

@@ -186,6 +186,22 @@ class ProblemOut(BaseModel):
     errors: list[ProblemFieldError] | None = None
 
 
+class ClusterOut(BaseModel):
+    """This process's part among the gateways sharing a store (gateway/cluster/)."""
+
+    role: Literal["leader", "follower"] = Field(
+        description="The leader runs the chain watchers, rates refresher, outbox consumers and expiry sweeper."
+    )
+    election: Literal["advisory_lock", "single_process"] = Field(
+        description="advisory_lock: PostgreSQL, several processes may share the store; single_process: SQLite."
+    )
+    terms: int = Field(description="How many times this process has become leader since it started.")
+    pid: int = Field(description="The process id, to tell the processes behind one address apart.")
+
+
 class HealthOut(BaseModel):
     status: Literal["ok", "unavailable"]
     checks: dict[str, str] = Field(default_factory=dict)
+    cluster: ClusterOut | None = Field(
+        default=None, description="Always on /readyz; on /healthz only when the store is PostgreSQL."
+    )

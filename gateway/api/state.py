@@ -7,6 +7,7 @@ from aiohttp import web
 from gateway.accounts.merchants import MerchantRegistry
 from gateway.address_pool import AddressPool
 from gateway.clock import Clock
+from gateway.cluster.leader import Leadership
 from gateway.config import Config
 from gateway.extensions import Extensions
 from gateway.invoices.service import InvoiceService
@@ -25,6 +26,8 @@ SERVICE = web.AppKey("service", InvoiceService)
 OUTBOX = web.AppKey("outbox", OutboxRunner)
 RATES = web.AppKey("rates", ConfiguredRates)
 WEBHOOKS = web.AppKey("webhooks", WebhookDispatcher)
+# Whether this process leads (runs the watchers, the rates refresher, the outbox and the sweeper).
+LEADERSHIP = web.AppKey("leadership", Leadership)
 # Chain watchers running in this process, by chain name ("bitcoin"); /readyz reports their health.
 WATCHERS = web.AppKey("watchers", dict)
 

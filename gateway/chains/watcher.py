@@ -99,6 +99,7 @@ class ChainWatcher(ABC, Generic[K]):
         self._sleep = sleep
         self._log = structlog.get_logger(f"gateway.chains.{self.chain.value}")
         self._watched: dict[K, str] = {}  # watch key → the address as stored
+        self._watched_addresses: set[str] = set()  # the same addresses as stored, already decoded
         self._address_floor_ms = 0  # invoices created from here on are (re)read at each refresh
         self._chain: dict[int, StoredBlock] = {}  # the stored recent chain, mirrored in memory
         self._started = False
@@ -208,8 +209,12 @@ class ChainWatcher(ABC, Generic[K]):
         for address, _invoice_id in await self._state.addresses_since(
             id_floor("inv", self._address_floor_ms)
         ):
+            # The floor's margin returns the last seconds' addresses at every poll: decode each once
+            # (a bech32 decode per address per poll was half the gateway's CPU in the full-city run).
+            if address in self._watched_addresses:
+                continue
             try:
-                self._watched[self._watch_key(address)] = address
+                self.watch_address(address)
             except ValueError:
                 self._log.warning(f"{self.chain.value}.unwatchable_address", address=address)
         self._address_floor_ms = now_ms - self._refresh_margin_ms
@@ -217,6 +222,7 @@ class ChainWatcher(ABC, Generic[K]):
     def watch_address(self, address: str) -> None:
         """Watch an address at once (the creating process may call this; others find it by polling)."""
         self._watched[self._watch_key(address)] = address
+        self._watched_addresses.add(address)
 
     # -- the chain -----------------------------------------------------------------------------------
 

@@ -8,8 +8,10 @@ invoice itself. The hub therefore carries no invoice data and needs no durable c
 Why it is built this way:
 
 - It wakes on the store's commit hook, the same wake-up :class:`gateway.outbox.OutboxRunner` uses, so a
-  change reaches the page within one read of its commit; a slow fallback poll covers commits made by
-  another process sharing the database (the CLI). It reads nothing at all while no page is open.
+  change reaches the page within one read of its commit. On PostgreSQL that hook also fires for commits
+  of other gateway processes on the same schema (their NOTIFY, gateway/cluster/notify.py: the leader's
+  watcher settling an invoice whose page is open here); a slow fallback poll covers the rest (the CLI on
+  SQLite, or the notification connection being down). It reads nothing at all while no page is open.
 - The cursor starts at the outbox's current end when the first page subscribes (there is nothing older
   worth reading) and is forgotten when the last one leaves, so an idle gateway never builds a backlog.
   A subscriber's cursor read completes before the page reads the invoice, so no change committed after
@@ -61,7 +63,7 @@ class CheckoutHub:
         batch_size: int = 1000,
     ) -> None:
         self._store = store
-        self.poll_seconds = poll_seconds  # fallback for commits by other processes sharing the database
+        self.poll_seconds = poll_seconds  # fallback for commits no notification announced
         self.heartbeat_seconds = heartbeat_seconds  # SSE comment lines keep proxies from closing idle streams
         self.liveness_seconds = liveness_seconds  # how often a stream checks that its client is still there
         self._batch = batch_size

@@ -22,9 +22,18 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import generate_latest
 
 from gateway.clock import Clock
-from gateway.metrics.families import Watched, chain_families, rate_families, store_families, writer_families
+from gateway.metrics.families import (
+    Watched,
+    chain_families,
+    cluster_families,
+    postgres_families,
+    rate_families,
+    store_families,
+    writer_families,
+)
 from gateway.metrics.store_figures import read_store_figures
 from gateway.store import Store
+from gateway.store.postgres import PostgresStore
 from gateway.store.sqlite import SqliteStore
 
 # What generate_latest writes. Spelled out: newer prometheus_client releases point CONTENT_TYPE_LATEST at
@@ -41,6 +50,7 @@ class MetricSources:
     watchers: Mapping[str, Watched]  # may be empty: no node configured
     rates_view: Mapping[str, Any]  # ConfiguredRates.view(), as GET /v1/rates shows it
     consumers: Sequence[str]  # names of the outbox consumers this process runs
+    leader: bool = True  # this process runs the single-writer jobs (always, with SQLite)
 
 
 class _Scrape:
@@ -77,8 +87,11 @@ class MetricsExporter:
             *store_families(figures, now, sources.consumers),
             *chain_families(sources.watchers),
             *rate_families(sources.rates_view, now),
+            *cluster_families(sources.leader),
             read_seconds,
         ]
-        if isinstance(sources.store, SqliteStore):  # the only backend with writer counters today
+        if isinstance(sources.store, SqliteStore):
             families.extend(writer_families(sources.store.stats))
+        elif isinstance(sources.store, PostgresStore):
+            families.extend(postgres_families(sources.store.stats))
         return generate_latest(_Scrape(self.registry, families))

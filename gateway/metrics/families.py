@@ -21,6 +21,7 @@ from gateway.clock import parse_isoformat
 from gateway.invoices.lifecycle import Flag, PaymentStatus, Status
 from gateway.metrics.store_figures import StoreFigures, Tally
 from gateway.money import Asset
+from gateway.store.postgres import PostgresStats
 from gateway.store.sqlite import WriterStats
 
 # The values the CHECK constraints of migrations 0003 and 0006 allow.
@@ -156,6 +157,16 @@ def store_families(figures: StoreFigures, now: datetime, consumers: Iterable[str
 # -- from this process ------------------------------------------------------------------------------------
 
 
+def cluster_families(leader: bool) -> list[Metric]:
+    """Whether this process leads (gateway/cluster/): summed over a deployment's processes it must be 1."""
+    gauge = _gauge(
+        "cryptocity_leader",
+        "1 if this process is the leader (runs the chain watchers, rates refresher, outbox and expiry sweeper), else 0.",
+    )
+    gauge.add_metric([], 1 if leader else 0)
+    return [gauge]
+
+
 def writer_families(stats: WriterStats) -> list[Metric]:
     """The SQLite writer's group-commit counters since this process started (a restart resets them)."""
     counters = (
@@ -182,6 +193,37 @@ def writer_families(stats: WriterStats) -> list[Metric]:
     largest = _gauge("cryptocity_store_largest_batch", "Most units one commit has carried since start.")
     largest.add_metric([], stats.largest_batch)
     return [*families, largest]
+
+
+def postgres_families(stats: PostgresStats) -> list[Metric]:
+    """The PostgreSQL store's counters since this process started. Each unit is its own transaction, so
+    commits and units are the same number; retries count attempts run again after a serialization failure,
+    a deadlock or a broken connection (contention shows here first)."""
+    counters = (
+        ("cryptocity_store_commits", "Transactions the store committed.", stats.commits),
+        ("cryptocity_store_units", "Units (callers' transactions) committed.", stats.commits),
+        (
+            "cryptocity_store_failed_units",
+            "Units rolled back, their caller given the error.",
+            stats.failed_units,
+        ),
+        (
+            "cryptocity_store_retries",
+            "Unit attempts run again after a conflict or a broken connection.",
+            stats.retries,
+        ),
+        (
+            "cryptocity_store_unit_seconds",
+            "Wall time of committed units, BEGIN to COMMIT.",
+            stats.unit_seconds,
+        ),
+    )
+    families: list[Metric] = []
+    for name, doc, value in counters:
+        family = CounterMetricFamily(name, doc)
+        family.add_metric([], value)
+        families.append(family)
+    return families
 
 
 def chain_families(watchers: Mapping[str, Watched]) -> list[Metric]:

@@ -215,6 +215,12 @@ class CompositeRates:
         """Every quote held, fresh or not."""
         return tuple(self._quotes.values())
 
+    def forget(self) -> None:
+        """Drop every quote held (a process that stops polling the providers must not price from them)."""
+        self._quotes.clear()
+        self._next_refresh = None
+        self._logged_outliers.clear()
+
     # -- reading ---------------------------------------------------------------------------------------
 
     def current(self, asset: Asset, now: datetime) -> AssetRate:

@@ -3,21 +3,28 @@
 Callers see two operations:
 
 - ``await store.transaction(fn)`` runs ``fn(tx)`` as one all-or-nothing unit and returns its result only
-  after the unit is durably committed. Units from concurrent callers may share one physical commit (group
-  commit), each inside its own savepoint: a unit that raises rolls back alone and its caller gets the
-  exception, the others commit. Reads inside a unit see the effects of earlier units of the same commit.
-- ``await store.read(fn)`` runs read-only queries on a snapshot, off the writer's path.
+  after the unit is durably committed. On SQLite, units from concurrent callers may share one physical
+  commit (group commit), each inside its own savepoint: a unit that raises rolls back alone and its caller
+  gets the exception, the others commit; reads inside a unit see the effects of earlier units of the same
+  commit. On PostgreSQL each unit is its own SERIALIZABLE transaction, and a unit that conflicts with a
+  concurrent one is rolled back and run again from the start (postgres.py); so ``fn`` may run more than
+  once and must keep its effects inside ``tx`` (``after_commit`` callbacks run once, for the run that
+  committed). Either way the outcome is that of running the units one after another.
+- ``await store.read(fn)`` runs read-only queries on one snapshot, off the writer's path.
 
 SQL is written once with ``?`` placeholders and the portable subset shared by SQLite and PostgreSQL
 (``INSERT .. ON CONFLICT``, ``RETURNING``); a backend that needs another placeholder style rewrites it.
 A unit must only await its ``tx`` (the SQLite backend drives each unit to completion in one step and refuses one that
 suspends on anything else): anything slow or asynchronous (network, heavy CPU) belongs before the unit
-starts, because the writer serialises units. ``after_commit`` callbacks run on the event loop.
+starts, because the writer serialises units. ``after_commit`` callbacks run on the event loop. A unit that
+catches a store error and goes on is still rolled back on PostgreSQL (a failed statement aborts the whole
+transaction there), and its caller gets the error.
 
 Exception tree::
 
     StoreError
-    ├── StoreUnavailable   the database cannot take writes now (disk full, I/O error, closed): answer 503
+    ├── StoreUnavailable   the database cannot take writes now (disk full, I/O error, closed, unreachable,
+    │                      still conflicting after every retry): answer 503
     └── UniqueViolation    a unique key already exists (a racing insert); the unit was rolled back
 """
 
@@ -68,7 +75,10 @@ class Store(Protocol):
     async def read(self, fn: Callable[[Tx], Awaitable[T]]) -> T: ...
 
     def on_commit(self, listener: Callable[[], None]) -> None:
-        """Call ``listener`` after every commit (outbox consumers use it to wake up without polling)."""
+        """Call ``listener`` after every commit (outbox consumers use it to wake up without polling).
+
+        On PostgreSQL, with gateway/cluster/notify.py listening, also after outbox commits of other
+        processes on the same schema."""
         ...
 
     async def close(self) -> None: ...

@@ -5,7 +5,13 @@ the outbox's transaction), so a kill at any moment loses nothing:
 
 1. **Claim.** Due deliveries (``pending``, ``next_attempt_at`` reached, no live lease, endpoint enabled) are
    read, then leased in one transaction (``lease_until``). A peek on a reader comes first, so an idle
-   dispatcher never commits (every commit wakes the outbox consumers). At most ``max_in_flight`` attempts
+   dispatcher never commits (every commit wakes the outbox consumers). Every gateway process sharing a
+   PostgreSQL store runs a dispatcher; there the claim reads its rows ``FOR UPDATE OF d SKIP LOCKED``, so
+   two processes claiming at once take disjoint rows instead of reading the same ones and having one
+   unit rolled back and retried by the serializable store. The lease, written in the same unit, is what
+   makes a delivery attempted by one dispatcher at a time (SKIP LOCKED only spares the conflict); the
+   row locks last until the claim commits, a few milliseconds. SQLite has one process and one writer,
+   and keeps the plain query. At most ``max_in_flight`` attempts
    run at once, and ``max_in_flight_per_endpoint`` to one endpoint, so a slow receiver cannot take the
    capacity every other merchant needs.
 2. **Attempt.** The body is the event as stored in the outbox, byte for byte; the signature is computed
@@ -203,6 +209,13 @@ class WebhookDispatcher:
         " AND e.status = 'enabled' AND e.deleted_at IS NULL ORDER BY d.next_attempt_at LIMIT ?"
     )
 
+    # Rows other claimers hold are skipped, not waited for (PostgreSQL; see the module docstring).
+    _DUE_SKIP_LOCKED = _DUE + " FOR UPDATE OF d SKIP LOCKED"
+
+    @property
+    def _claim_sql(self) -> str:
+        return self._DUE_SKIP_LOCKED if self._store.backend == "postgresql" else self._DUE
+
     async def _claim(self) -> list[Job]:
         free = self._settings.max_in_flight - self.in_flight
         if free <= 0:
@@ -214,9 +227,10 @@ class WebhookDispatcher:
         if not any(row["id"] not in self._inflight for row in candidates):
             return []  # nothing due: no transaction (a commit would wake every consumer)
         lease = isoformat(now + timedelta(seconds=self._settings.lease_seconds))
+        claim_sql = self._claim_sql
 
         async def unit(tx: Tx) -> list[Job]:
-            rows = await tx.fetchall(self._DUE, (stamp, stamp, window))
+            rows = await tx.fetchall(claim_sql, (stamp, stamp, window))
             taken: Counter[str] = Counter()
             jobs: list[Job] = []
             endpoints: dict[str, Any] = {}

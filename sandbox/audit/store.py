@@ -1,9 +1,10 @@
 """The audit log's SQL (tables: migration 0008): appending a batch with its signed head, and reading pages.
 
 Appending reads the last entry and links the batch to it inside the caller's transaction. With SQLite's
-single writer no other unit can append in between, so ``seq`` has no gaps and no fork; a PostgreSQL
-backend must take a lock first (an advisory lock or ``SELECT … FOR UPDATE`` on the last head) for the same
-guarantee.
+single writer no other unit can append in between, so ``seq`` has no gaps and no fork. The PostgreSQL store
+runs units SERIALIZABLE: two appends that read the same last entry conflict (a serialization failure, or
+the primary key on ``seq``), one is rolled back and run again on top of the other, so the guarantee holds
+there without a lock here.
 
 Every batch ends with one ``audit_heads`` row for its last entry, written in the same transaction: the
 head is never behind or ahead of the chain unless someone edited the file. With an :class:`AuditKey` the

@@ -101,6 +101,10 @@ class BitcoinDevnet:
         hashes = await self.rpc.call("generatetoaddress", blocks, address)
         return [str(h) for h in hashes]
 
+    async def set_mock_time(self, unix: int) -> None:
+        """``setmocktime``: the node's clock, and so the time of blocks mined afterwards (devnets.md)."""
+        await self._started().call("setmocktime", unix)
+
     async def fund(self, wallet: FundableWallet, *, blocks: int = SEGWIT_HEIGHT) -> None:
         """Mine ``blocks`` coinbases to ``wallet.address(0)`` and let the wallet scan them.
 
@@ -129,6 +133,7 @@ class BitcoinDevnet:
         *,
         txs_in_branch: Sequence[bytes | CTransaction] = (),
         coinbase_address: str | None = None,
+        not_before: int | None = None,
     ) -> list[str]:
         """Replace the last ``depth`` blocks by a longer competing branch; the new branch's block hashes.
 
@@ -140,7 +145,8 @@ class BitcoinDevnet:
 
         Coinbases pay the subsidy only (no fees claimed, which is valid) to ``coinbase_address``, or to an
         anyone-can-spend script when None. Each block's time is its parent's plus one second, raised above
-        the median of the 11 blocks before it when needed, so it always passes bcoin's time checks.
+        the median of the 11 blocks before it when needed, so it always passes bcoin's time checks; with
+        ``not_before`` (unix seconds) no block of the branch is older than that (a simulated clock's time).
 
         Raises DevnetError if a block is refused or the node's best block is not the new tip afterwards.
         """
@@ -163,7 +169,7 @@ class BitcoinDevnet:
         branch: list[str] = []
         for offset in range(depth + 1):
             height = fork_height + 1 + offset
-            time = max(times[-1] + 1, median_time_past(times) + 1)
+            time = max(times[-1] + 1, median_time_past(times) + 1, (not_before or 0) + offset)
             raw = build_block(
                 prev,
                 height,

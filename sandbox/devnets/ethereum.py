@@ -33,6 +33,7 @@ from web3 import AsyncHTTPProvider, AsyncWeb3
 from web3.contract import AsyncContract
 from web3.types import Nonce, RPCEndpoint, TxParams, TxReceipt, Wei
 
+from gateway.chains.web3_http import keep_alive_web3
 from sandbox.devnets.process import PROJECT_ROOT, DevnetError, NodeProcess, free_port
 from sandbox.devnets.solc import load_test_usdt
 
@@ -117,6 +118,7 @@ class EthereumDevnet:
         mnemonic: str = DEFAULT_MNEMONIC,
         hardfork: str | None = None,
         gas_limit: int | None = None,
+        states_kept: int | None = None,
     ) -> None:
         if block_time is not None and block_time <= 0:
             raise DevnetError("block_time must be a positive number of seconds")
@@ -131,6 +133,7 @@ class EthereumDevnet:
         self._mnemonic = mnemonic
         self._hardfork = hardfork
         self._gas_limit = gas_limit
+        self._states_kept = states_kept
         self._node = NodeProcess(log_path)
         self._w3: AsyncWeb3[AsyncHTTPProvider] | None = None
         self._token: AsyncContract | None = None
@@ -212,13 +215,13 @@ class EthereumDevnet:
             args += ["--hardfork", self._hardfork]
         if self._gas_limit is not None:
             args += ["--gas-limit", str(self._gas_limit)]
+        if self._states_kept is not None:
+            # anvil keeps the world state of every block in memory by default: 1.5 GB after 600 blocks
+            # of the full city's 4,500 funded accounts. Reads at "latest" and reorgs a few blocks deep
+            # need only the recent ones.
+            args += ["--prune-history", str(self._states_kept)]
         await self._node.spawn(args)
-        provider = AsyncHTTPProvider(
-            self.url,
-            request_kwargs={"timeout": aiohttp.ClientTimeout(total=30)},
-            exception_retry_configuration=None,
-        )
-        self._w3 = AsyncWeb3(provider)
+        self._w3 = await keep_alive_web3(self.url, timeout_seconds=30, connections=64, retry=False)
         loop = asyncio.get_running_loop()
         until = loop.time() + deadline_seconds
         try:

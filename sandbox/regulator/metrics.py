@@ -94,7 +94,7 @@ async def summary(tx: Tx, period: Period, rules: SandboxRules, conversion: Conve
     settled_at = await tx.fetchall(
         "SELECT o.invoice_id, min(o.created_at) AS settled_at, i.created_at FROM outbox o"
         " JOIN invoices i ON i.id = o.invoice_id WHERE o.type = 'invoice.settled'"
-        " AND i.created_at >= ? AND i.created_at < ? GROUP BY o.invoice_id",
+        " AND i.created_at >= ? AND i.created_at < ? GROUP BY o.invoice_id, i.created_at",
         (start, end),
     )
     durations = [
@@ -136,7 +136,8 @@ async def summary(tx: Tx, period: Period, rules: SandboxRules, conversion: Conve
 async def utilisation(tx: Tx, month: str, rules: SandboxRules, conversion: Conversion) -> dict[str, Any]:
     rows = await tx.fetchall(
         "SELECT p.resident_id, r.tier, sum(CASE WHEN p.counts = 1 THEN p.value_tiyn ELSE 0 END) AS used"
-        " FROM sandbox_payments p JOIN residents r ON r.id = p.resident_id WHERE p.month = ? GROUP BY p.resident_id",
+        " FROM sandbox_payments p JOIN residents r ON r.id = p.resident_id WHERE p.month = ?"
+        " GROUP BY p.resident_id, r.tier",
         (month,),
     )
     buckets: dict[str, int] = {_bucket_name(low, high): 0 for low, high in UTILISATION_BUCKETS}

@@ -29,7 +29,7 @@ import os
 import signal
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -71,12 +71,13 @@ from sandbox.simulation.wallets import (
 )
 from wallets.bitcoin import BitcoinWallet, InsufficientFunds, WalletError
 from wallets.bitcoin import Payment as BitcoinPayment
-from wallets.ethereum import EthereumWallet, EthereumWalletError
+from wallets.ethereum import EthereumWallet, EthereumWalletError, Fees
 from wallets.qr import read_qr_text
 
 STRANGER = 10_000_000  # wallet index of the unregistered payers (one per chain)
 REGISTRATION_BATCH = 256
 DRAIN_DEADLINE_SECONDS = 60.0
+ETH_STATES_KEPT = 64  # anvil's in-memory world states: enough for the plan's reorgs (a few blocks deep)
 
 
 @dataclass(slots=True)
@@ -153,6 +154,8 @@ class CitySimulation:
         self.failures: list[str] = []
         self._waiting_for = ""
         self._node_tips: tuple[str, str] | None = None  # (bitcoin, ethereum) tips, None after mining
+        self._wallet_locks: dict[int, asyncio.Lock] = {}
+        self._eth_fees: Fees | None = None  # suggested once per step (None: each wallet asks the node)
 
     # -- set-up ---------------------------------------------------------------------------------------
 
@@ -182,7 +185,7 @@ class CitySimulation:
         async with contextlib.AsyncExitStack() as stack:
             btc = await stack.enter_async_context(BitcoinDevnet(log_path=self.out / "bcoin.log"))
             eth = await stack.enter_async_context(
-                EthereumDevnet(log_path=self.out / "anvil.log", automine=False)
+                EthereumDevnet(log_path=self.out / "anvil.log", automine=False, states_kept=ETH_STATES_KEPT)
             )
             self.btc, self.eth = btc, eth
             assert btc.rpc is not None
@@ -234,6 +237,7 @@ class CitySimulation:
             finally:
                 await self.peak_rss.stop()
             self.timings["play_seconds"] = time.perf_counter() - played
+            self.block_times = await self._block_times()
             from sandbox.simulation.reconcile import reconcile
             from sandbox.simulation.report import write_outputs
 
@@ -273,9 +277,15 @@ class CitySimulation:
             self.merchant_keys.append(key.plaintext)
 
     async def _register_and_fund(self) -> None:
+        """Register every resident with the sandbox; keep (and fund) wallets only for those who pay.
+
+        A resident with no purchase in the plan only needs its scripts registered: its wallet is derived,
+        registered and dropped, so the full city holds a quarter of the wallets and funds no idle ones.
+        """
         self.btc_wallets: dict[int, BitcoinWallet] = {}
         self.eth_wallets: dict[int, EthereumWallet] = {}
         self.resident_ids: dict[int, str] = {}
+        payers = {purchase.resident for purchase in self.plan.purchases}
 
         async def register(resident: PlannedResident) -> None:
             tier = Tier(resident.tier)
@@ -284,12 +294,14 @@ class CitySimulation:
             self.resident_ids[resident.index] = found.id
             if resident.asset is Asset.BTC:
                 wallet = self.factory.bitcoin(resident.index)
-                self.btc_wallets[resident.index] = wallet
+                if resident.index in payers:
+                    self.btc_wallets[resident.index] = wallet
                 for script in registered_scripts(wallet):
                     await self.registry.register_wallet(found.id, "bitcoin", script)
             else:
                 eth_wallet = self.factory.ethereum(resident.index)
-                self.eth_wallets[resident.index] = eth_wallet
+                if resident.index in payers:
+                    self.eth_wallets[resident.index] = eth_wallet
                 await self.registry.register_wallet(found.id, "ethereum", eth_wallet.address)
 
         # Many residents at once, so the store's group commit writes them together (one by one, the
@@ -318,15 +330,18 @@ class CitySimulation:
             at = index * step
             await self._outages(at)
             began = time.perf_counter()
-            for planned in self.plan.by_step.get(index, []):
-                await self._purchase(planned)
-            for record in self.state.late.pop(index, []):
-                await self._pay(record)
+            if not self.state.nodes_stopped:
+                # a wallet's fee oracle read once a step: no block is mined while the step's purchases pay
+                self._eth_fees = await self.eth_stranger.suggest_fees(self.eth.w3)
+            await self._concurrently(
+                [self._purchase(p) for p in self.plan.by_step.get(index, [])]
+                + [self._pay(r) for r in self.state.late.pop(index, [])]
+            )
             paid = time.perf_counter()
             if not self.state.nodes_stopped:
-                for record in self.state.queued:
-                    await self._pay(record)
-                self.state.queued.clear()
+                queued, self.state.queued = self.state.queued, []
+                await self._concurrently([self._pay(r) for r in queued])
+                await self._seen_before_mining()
                 await self._mine(at, at + step)
             mined = time.perf_counter()
             await self._drain()
@@ -343,6 +358,39 @@ class CitySimulation:
                 tail += 1
         await self._resume_nodes()
         await self._drain()
+
+    async def _concurrently(self, payments: list[Coroutine[Any, Any, None]]) -> None:
+        """Run a step's purchases side by side (residents are independent; a wallet paying twice in a
+        step, such as a late payment beside a new purchase or the shared unregistered payer, is
+        serialised by its lock). At most ``simulation.concurrency`` at once: a checkout queue per shop
+        counter rather than the whole city at one instant."""
+        limit = asyncio.Semaphore(self.sim.concurrency)
+
+        async def bounded(payment: Coroutine[Any, Any, None]) -> None:
+            async with limit:
+                await payment
+
+        await asyncio.gather(*(bounded(p) for p in payments))
+
+    def _wallet_lock(self, wallet: object) -> asyncio.Lock:
+        return self._wallet_locks.setdefault(id(wallet), asyncio.Lock())
+
+    async def _block_times(self) -> dict[str, list[str]]:
+        """Time stamps of the day's first and last block on each chain (they follow the virtual clock)."""
+        first_btc = await self.rpc.call(
+            "getblockheader", await self.rpc.block_hash(self.first_heights["bitcoin"])
+        )
+        last_btc = await self.rpc.call("getblockheader", await self.rpc.best_block_hash())
+        first_eth = await self.eth.w3.eth.get_block(self.first_heights["ethereum"])
+        last_eth = await self.eth.w3.eth.get_block("latest")
+
+        def stamp(unix: int) -> str:
+            return datetime.fromtimestamp(unix, UTC).isoformat()
+
+        return {
+            "bitcoin": [stamp(int(first_btc["time"])), stamp(int(last_btc["time"]))],
+            "ethereum": [stamp(int(first_eth["timestamp"])), stamp(int(last_eth["timestamp"]))],
+        }
 
     async def _still_open(self) -> bool:
         row = await self.store.read(
@@ -465,7 +513,8 @@ class CitySimulation:
         wallet = self.btc_stranger if behaviour is Behaviour.UNREGISTERED else self.btc_wallets[index]
         assert request.amount_sat is not None
         amount = self._adjust(request.amount_sat, behaviour)
-        payment = await wallet.pay(self.rpc, request.address, amount)
+        async with self._wallet_lock(wallet):
+            payment = await wallet.pay(self.rpc, request.address, amount)
         record.txid, record.paid_minor, record.outcome = payment.txid, amount, "paid"
         record.broadcast_wall = time.perf_counter()
         self.state.expected_btc.add(payment.txid)
@@ -478,13 +527,25 @@ class CitySimulation:
     ) -> None:
         index = record.purchase.resident
         wallet = self.eth_stranger if behaviour is Behaviour.UNREGISTERED else self.eth_wallets[index]
+        async with self._wallet_lock(wallet):
+            await self._send_ethereum(record, wallet, request, behaviour)
+
+    async def _send_ethereum(
+        self,
+        record: PurchaseRecord,
+        wallet: EthereumWallet,
+        request: Eip681Native | Eip681TokenTransfer,
+        behaviour: Behaviour,
+    ) -> None:
         w3 = self.eth.w3
         if isinstance(request, Eip681TokenTransfer):
             amount = self._adjust(request.amount_units, behaviour)
-            signed = await wallet.build_token_transfer(w3, request.token, request.to, amount)
+            signed = await wallet.build_token_transfer(
+                w3, request.token, request.to, amount, fees=self._eth_fees
+            )
         else:
             amount = self._adjust(request.value_wei, behaviour)
-            signed = await wallet.build_eth_transfer(w3, request.address, amount)
+            signed = await wallet.build_eth_transfer(w3, request.address, amount, fees=self._eth_fees)
         await wallet.send_raw_prepared(w3, signed)
         record.txid, record.paid_minor, record.outcome = signed.tx_hash, amount, "paid"
         record.broadcast_wall = time.perf_counter()
@@ -497,30 +558,40 @@ class CitySimulation:
             self.state.count("eth_replaced")
 
     async def _mine(self, start: int, end: int) -> None:
+        """Mine the blocks due in ``(start, end]`` (virtual seconds of the day), each stamped with its own
+        virtual time: bcoin through ``setmocktime``, anvil through ``evm_setNextBlockTimestamp`` and
+        ``anvil_mine``'s interval (ARCHITECTURE.md, "Clocks")."""
         self._node_tips = None
-        btc_blocks = end // self.sim.btc_block_seconds - start // self.sim.btc_block_seconds
-        eth_blocks = end // self.sim.eth_block_seconds - start // self.sim.eth_block_seconds
+        btc_every, eth_every = self.sim.btc_block_seconds, self.sim.eth_block_seconds
+        btc_times = [t for t in range((start // btc_every + 1) * btc_every, end + 1, btc_every)]
+        eth_blocks = end // eth_every - start // eth_every
+        day = int(self.start.timestamp())
         reorg = any(start <= r < end for r in self.plan.reorgs_at)
         miner = self._funder_wallet.address(1)
-        if btc_blocks and self.state.conflicts:
+        if btc_times or reorg:  # bcoin refuses blocks more than 2 h ahead of its own clock
+            await self.btc.set_mock_time(day + start)
+        if btc_times and self.state.conflicts:
             raws = [conflict.raw for _, conflict in self.state.conflicts]
-            await self.btc.reorg(0, txs_in_branch=raws, coinbase_address=miner)
+            await self.btc.reorg(
+                0, txs_in_branch=raws, coinbase_address=miner, not_before=day + btc_times.pop(0)
+            )
             for wallet, _ in self.state.conflicts:
                 await wallet.scan(self.rpc)
             self.state.count("btc_double_spends_mined", len(raws))
             self.state.conflicts.clear()
-            btc_blocks -= 1
         if reorg:
             depth = self.sim.behaviours.reorg_depth
-            await self.btc.reorg(depth, coinbase_address=miner)
+            await self.btc.reorg(depth, coinbase_address=miner, not_before=day + start)
             await self.eth.reorg(depth)
             self.state.count("reorgs")
         t0 = time.perf_counter()
-        if btc_blocks > 0:
-            await self.btc.mine(btc_blocks, miner)
+        for at in btc_times:
+            await self.btc.set_mock_time(day + at)
+            await self.btc.mine(1, miner)
         t1 = time.perf_counter()
         if eth_blocks > 0:
-            await self.eth.call("anvil_mine", hex(eth_blocks))
+            await self.eth.set_next_block_timestamp(day + (start // eth_every + 1) * eth_every)
+            await self.eth.call("anvil_mine", hex(eth_blocks), hex(eth_every))
         t2 = time.perf_counter()
         self.timings["mine_btc_seconds"] = self.timings.get("mine_btc_seconds", 0.0) + t1 - t0
         self.timings["mine_eth_seconds"] = self.timings.get("mine_eth_seconds", 0.0) + t2 - t1
@@ -529,10 +600,17 @@ class CitySimulation:
 
     async def _drain(self) -> None:
         deadline = asyncio.get_running_loop().time() + DRAIN_DEADLINE_SECONDS
-        while not await self._caught_up():
+        while True:
+            began = time.perf_counter()
+            done = await self._caught_up()
+            # where the waiting goes (the first word of what is awaited: chains, bitcoin, outbox, ...)
+            name = f"wait_{self._waiting_for.split(' ', 1)[0].rstrip(':')}_seconds"
+            if done:
+                return
             if asyncio.get_running_loop().time() > deadline:
                 raise SimulationStuck(await self._lag_report())
             await asyncio.sleep(0.02)
+            self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - began
 
     async def _caught_up(self) -> bool:
         now = isoformat(self.clock.now())
@@ -549,22 +627,8 @@ class CitySimulation:
             if watchers["ethereum"].status.tip_hash != eth_tip:
                 self._waiting_for = f"ethereum watcher at {watchers['ethereum'].status.tip_height}: {watchers['ethereum'].status.last_error}"
                 return False
-            if self.state.expected_btc:
-                keys = list(self.state.expected_btc)
-                marks = ",".join("?" * len(keys))
-                rows = await self.store.read(
-                    lambda tx: tx.fetchall(
-                        f"SELECT DISTINCT substr(payment_key, 1, 64) AS txid FROM payments WHERE chain = 'bitcoin'"  # noqa: S608
-                        f" AND substr(payment_key, 1, 64) IN ({marks})",
-                        tuple(keys),
-                    )
-                )
-                self.state.expected_btc -= {r["txid"] for r in rows}
-                if self.state.expected_btc:
-                    self._waiting_for = (
-                        f"bitcoin payments not recorded: {sorted(self.state.expected_btc)[:3]}"
-                    )
-                    return False
+            if not await self._btc_recorded():
+                return False
 
         async def backlog(tx: Any) -> bool:
             top = int((await tx.fetchone("SELECT COALESCE(MAX(seq), 0) AS seq FROM outbox"))["seq"])
@@ -586,10 +650,44 @@ class CitySimulation:
                 " AND flags NOT LIKE '%on_hold%'",
                 (now,),
             )
-            self._waiting_for = f"{due['n']} webhook deliveries due, {expiring['n']} invoices to expire"
+            self._waiting_for = f"webhooks: {due['n']} deliveries due, {expiring['n']} invoices to expire"
             return int(due["n"]) == 0 and int(expiring["n"]) == 0
 
         return bool(await self.store.read(backlog))
+
+    async def _btc_recorded(self) -> bool:
+        """Has the gateway recorded every Bitcoin payment broadcast so far (from the mempool or a block)?"""
+        if self.state.expected_btc:
+            keys = list(self.state.expected_btc)
+            marks = ",".join("?" * len(keys))
+            rows = await self.store.read(
+                lambda tx: tx.fetchall(
+                    f"SELECT DISTINCT substr(payment_key, 1, 64) AS txid FROM payments WHERE chain = 'bitcoin'"  # noqa: S608
+                    f" AND substr(payment_key, 1, 64) IN ({marks})",
+                    tuple(keys),
+                )
+            )
+            self.state.expected_btc -= {r["txid"] for r in rows}
+        if self.state.expected_btc:
+            self._waiting_for = (
+                f"recording: bitcoin payments not recorded: {sorted(self.state.expected_btc)[:3]}"
+            )
+            return False
+        return True
+
+    async def _seen_before_mining(self) -> None:
+        """Wait until the gateway has seen the step's Bitcoin payments in the mempool, as it would between
+        blocks ten minutes apart; a double spend is then always a payment the gateway saw unconfirmed and
+        loses to a competing block, whatever the wall time of the step."""
+        deadline = asyncio.get_running_loop().time() + DRAIN_DEADLINE_SECONDS
+        began = time.perf_counter()
+        while not await self._btc_recorded():
+            if asyncio.get_running_loop().time() > deadline:
+                raise SimulationStuck(await self._lag_report())
+            await asyncio.sleep(0.01)
+        self.timings["wait_mempool_seconds"] = self.timings.get("wait_mempool_seconds", 0.0) + (
+            time.perf_counter() - began
+        )
 
     async def _lag_report(self) -> str:
         return (

@@ -81,10 +81,12 @@ async def _figures(sim: CitySimulation, checks: list[Check]) -> dict[str, Any]:
                     "mine_eth_seconds",
                     "drain_seconds",
                     "reconcile_seconds",
+                    *sorted(k for k in sim.timings if k.startswith("wait_")),
                 )
             },
             "payments_per_second": round(len(paid) / play, 2) if play else None,
             "peak_rss_bytes": sim.peak_rss.peak,
+            "block_times": sim.block_times,
         },
         "plan": {"purchases": len(sim.plan.purchases), "by_behaviour": counts(sim.plan)},
         "purchases": {

@@ -16,9 +16,10 @@ from gateway.clock import ManualClock
 from gateway.extensions import Extensions, RouteExtension
 from gateway.money import Chain
 from gateway.outbox import OutboxEvent
-from gateway.store import SqliteStore, StoreUnavailable, Tx
+from gateway.store import SqliteStore, Store, StoreUnavailable, Tx
 from gateway.store.sqlite import UnitSuspended
-from tests.conftest import GatewayFactory
+from tests.conftest import GatewayFactory, StoreFactory
+from tests.unit.test_ledger_consumer import HoldForPayer, fact
 
 
 class RecordingConsumer:
@@ -66,11 +67,11 @@ async def test_outbox_consumer_sees_every_event_once_in_order(make_gateway: Gate
     assert gateway.store.stats.commits == commits  # type: ignore[attr-defined]
 
 
-async def test_a_restarted_consumer_resumes_from_its_cursor(tmp_path: Path) -> None:
+async def test_a_restarted_consumer_resumes_from_its_cursor(store_factory: StoreFactory) -> None:
     from gateway.clock import SystemClock
     from gateway.outbox import OutboxRunner, insert_event, prepare_event
 
-    store = await SqliteStore.open(tmp_path / "o.sqlite3")
+    store = await store_factory.open("o")
     clock = SystemClock()
     try:
         for i in range(5):
@@ -136,8 +137,8 @@ async def test_expiry_sweeper_expires_invoices_when_the_clock_passes(
     assert [k["type"] for k in kinds] == ["invoice.created", "invoice.expired"]
 
 
-async def _store_with_counter(tmp_path: Path) -> SqliteStore:
-    store = await SqliteStore.open(tmp_path / "idx.sqlite3")
+async def _store_with_counter(store_factory: StoreFactory) -> Store:
+    store = await store_factory.open("idx")
     await store.transaction(
         lambda tx: tx.execute(
             "INSERT INTO address_counters (chain, account_key, next_index) VALUES ('bitcoin', 'k', 0)"
@@ -146,8 +147,8 @@ async def _store_with_counter(tmp_path: Path) -> SqliteStore:
     return store
 
 
-async def test_index_blocks_are_unique_across_restarts_and_concurrency(tmp_path: Path) -> None:
-    store = await _store_with_counter(tmp_path)
+async def test_index_blocks_are_unique_across_restarts_and_concurrency(store_factory: StoreFactory) -> None:
+    store = await _store_with_counter(store_factory)
     try:
         first = IndexAllocator(store, block_size=7)
         taken = await asyncio.gather(*(first.take(Chain.BITCOIN, "k") for _ in range(30)))
@@ -161,8 +162,8 @@ async def test_index_blocks_are_unique_across_restarts_and_concurrency(tmp_path:
         await store.close()
 
 
-async def test_a_failed_reservation_is_retried_by_the_next_caller(tmp_path: Path) -> None:
-    store = await _store_with_counter(tmp_path)
+async def test_a_failed_reservation_is_retried_by_the_next_caller(store_factory: StoreFactory) -> None:
+    store = await _store_with_counter(store_factory)
     try:
         allocator = IndexAllocator(store, block_size=3)
         with pytest.raises(LookupError):
@@ -193,3 +194,24 @@ async def test_a_unit_that_awaits_anything_but_its_tx_is_refused(tmp_path: Path)
         await store.close()
     with pytest.raises(StoreUnavailable):
         await store.transaction(sleepy)
+
+
+async def test_expiry_skips_held_invoices_and_pages_past_them(
+    make_gateway: GatewayFactory, clock: ManualClock
+) -> None:
+    """Held invoices stay open past their time; more of them than one page must not stop the sweep from
+    reaching a later invoice (the full-city simulation stalled on this with ~600 holds a day)."""
+    gateway = await make_gateway(Extensions(payment_policy=HoldForPayer()))
+    held = [await gateway.create_invoice("1000.00", assets=["BTC"], expires_in=60) for _ in range(5)]
+    for number, invoice in enumerate(held):
+        await gateway.service.record_payment(fact(invoice, f"{number + 1:02x}" * 32 + ":0", payer="suspect"))
+    clock.advance(30)
+    ordinary = [await gateway.create_invoice("1000.00", expires_in=60) for _ in range(3)]
+    clock.advance(120)
+    assert await gateway.service.expire_due(page=2) == 3
+    for invoice in ordinary:
+        assert (await gateway.service.get(None, invoice["id"])).state.status.value == "expired"
+    for invoice in held:
+        state = (await gateway.service.get(None, invoice["id"])).state
+        assert state.status.value == "new" and "on_hold" in {f.value for f in state.flags}
+    assert await gateway.service.expire_due(page=2) == 0

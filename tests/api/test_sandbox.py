@@ -361,10 +361,21 @@ async def test_exposure_values_the_coins_on_invoice_addresses_now_and_at_the_loc
     await gateway.service.payment_dropped(Chain.BITCOIN, txid(3), DropReason.DOUBLE_SPENT)
 
     async def booked() -> bool:
+        # The ledger must have handled every event, not merely show the expected balance: before it books the
+        # dropped payment's settlement and reversal the balance is already one + two.
         row = await gateway.store.read(
-            lambda tx: tx.fetchone("SELECT balance_tiyn FROM ledger_balances WHERE account = 'clearing:BTC'")
+            lambda tx: tx.fetchone(
+                "SELECT (SELECT balance_tiyn FROM ledger_balances WHERE account = 'clearing:BTC') AS balance,"
+                " (SELECT position FROM consumer_cursors WHERE consumer = 'ledger') AS position,"
+                " (SELECT COALESCE(MAX(seq), 0) FROM outbox) AS head"
+            )
         )
-        return row is not None and -int(row["balance_tiyn"]) == one["value_tiyn"] + two["value_tiyn"]
+        return (
+            row is not None
+            and row["balance"] is not None
+            and row["position"] == row["head"]
+            and -int(row["balance"]) == one["value_tiyn"] + two["value_tiyn"]
+        )
 
     deadline = asyncio.get_running_loop().time() + 10
     while not await booked():

@@ -46,6 +46,9 @@ from sandbox.report.data import integer_edges
 from tests.api.test_sandbox import SCRIPT_A, SCRIPT_B, regulator, resident, txid
 from tests.conftest import Gateway, GatewayFactory, make_config
 
+# The report command runs on make_config(tmp_path)'s SQLite file, and two tests edit that file directly.
+pytestmark = pytest.mark.sqlite_only
+
 SCRIPT_C = "0014" + "cc" * 20
 SCRIPT_UNREGISTERED = "0014" + "dd" * 20
 RAW_KEY = bytes(range(7, 39))

@@ -8,6 +8,7 @@ reconciliation checks and the report's files and contents.
 from __future__ import annotations
 
 import json
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -56,6 +57,17 @@ async def test_a_small_city_day_reconciles_and_reports(tmp_path: Path) -> None:
     assert figures["webhooks"]["received"] > created  # several events per invoice reach the shops
     assert figures["webhooks"]["rejected"] == 0
     assert figures["run"]["peak_rss_bytes"] > 0 and figures["run"]["play_seconds"] > 0
+    # Both nodes stamp blocks with the virtual clock: the day's blocks lie within the simulated day.
+    start, end = (datetime.fromisoformat(figures["run"][k]) for k in ("start", "end"))
+    for chain, (first, last) in figures["run"]["block_times"].items():
+        first_at, last_at = datetime.fromisoformat(first), datetime.fromisoformat(last)
+        assert (
+            start < first_at <= start + timedelta(minutes=10) and end - timedelta(hours=1) <= last_at <= end
+        ), (
+            chain,
+            first,
+            last,
+        )
 
     summary = json.loads((out / "summary.json").read_text())
     assert summary["reconciliation"] == figures["reconciliation"]

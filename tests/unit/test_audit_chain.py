@@ -1,4 +1,7 @@
-"""The audit chain on a real SQLite store: appending, heads, and what verify says about each kind of tampering.
+"""The audit chain on a real store: appending, heads, and what verify says about each kind of tampering.
+
+Appending, heads and the append-only triggers run on both backends (concurrent appends on PostgreSQL are
+separate SERIALIZABLE units, which must still make one chain); the tampering tests use SQLite's file.
 
 The attacker here has the database file: they open their own connection, drop the append-only triggers and
 edit rows, as anyone with file access could. Each test checks that verify names the first changed entry
@@ -19,7 +22,7 @@ from typing import Any
 import pytest
 
 from gateway.clock import ManualClock
-from gateway.store import SqliteStore, StoreError, Tx
+from gateway.store import SqliteStore, Store, StoreError, Tx
 from sandbox.audit.canonical import FloatRefused, canonical_text
 from sandbox.audit.chain import GENESIS_HASH, AuditEntry, EntryDraft, entry_hash
 from sandbox.audit.keys import AuditKey
@@ -53,7 +56,7 @@ def draft(n: int, **body: Any) -> EntryDraft:
 
 
 async def append_batches(
-    store: SqliteStore, sizes: list[int], key: AuditKey | None = KEY, start: int = 1
+    store: Store, sizes: list[int], key: AuditKey | None = KEY, start: int = 1
 ) -> list[AuditEntry]:
     clock = ManualClock()
     entries: list[AuditEntry] = []
@@ -132,12 +135,14 @@ def assert_fault(result: VerifyResult, kind: ProblemKind, seq: int, entry_id: st
 # -- appending -----------------------------------------------------------------------------------------------
 
 
-async def test_an_empty_log_verifies(store: SqliteStore) -> None:
+async def test_an_empty_log_verifies(any_store: Store) -> None:
+    store = any_store
     result = await verify(store, KEY)
     assert result.ok and result.last_seq == 0 and result.verdict() == "OK: the audit log is empty"
 
 
-async def test_batches_are_numbered_linked_and_their_heads_signed(store: SqliteStore) -> None:
+async def test_batches_are_numbered_linked_and_their_heads_signed(any_store: Store) -> None:
+    store = any_store
     entries = await append_batches(store, [3, 1, 5])
     assert [e.seq for e in entries] == list(range(1, 10))
     assert entries[0].prev_hash == GENESIS_HASH
@@ -155,7 +160,8 @@ async def test_batches_are_numbered_linked_and_their_heads_signed(store: SqliteS
     assert result.head is not None and result.head.seq == 9
 
 
-async def test_concurrent_appends_in_one_group_commit_stay_one_chain(store: SqliteStore) -> None:
+async def test_concurrent_appends_stay_one_chain(any_store: Store) -> None:
+    store = any_store
     clock = ManualClock()
 
     async def one(n: int) -> list[AuditEntry]:
@@ -175,14 +181,16 @@ async def test_concurrent_appends_in_one_group_commit_stay_one_chain(store: Sqli
         "DELETE FROM audit_heads",
     ],
 )
-async def test_the_store_refuses_updates_and_deletes(store: SqliteStore, sql: str) -> None:
+async def test_the_store_refuses_updates_and_deletes(any_store: Store, sql: str) -> None:
+    store = any_store
     await append_batches(store, [2])
     with pytest.raises(StoreError, match="append-only"):
         await store.transaction(lambda tx: tx.execute(sql))
     assert (await verify(store, KEY)).ok
 
 
-async def test_a_recorded_event_is_not_appended_again(store: SqliteStore) -> None:
+async def test_a_recorded_event_is_not_appended_again(any_store: Store) -> None:
+    store = any_store
     first = await append_batches(store, [4])
     again = await append_batches(store, [6])  # events 1..6: 1..4 are recorded already
     assert [e.event_id for e in again] == ["evt_0005", "evt_0006"]
@@ -193,7 +201,8 @@ async def test_a_recorded_event_is_not_appended_again(store: SqliteStore) -> Non
     assert first[-1].hash == again[0].prev_hash
 
 
-async def test_a_float_writes_nothing(store: SqliteStore) -> None:
+async def test_a_float_writes_nothing(any_store: Store) -> None:
+    store = any_store
     await append_batches(store, [2])
     spoiled = [draft(3), draft(4, rate=0.1)]
     with pytest.raises(FloatRefused, match=r"\$\.rate"):
@@ -326,7 +335,8 @@ async def test_an_unreadable_body(store: SqliteStore) -> None:
 # -- keys, heads and exports ---------------------------------------------------------------------------------
 
 
-async def test_without_a_key_the_heads_carry_no_mac(store: SqliteStore) -> None:
+async def test_without_a_key_the_heads_carry_no_mac(any_store: Store) -> None:
+    store = any_store
     await append_batches(store, [2, 2], key=None)
     heads = await store.read(lambda tx: tx.fetchall("SELECT mac, key_id FROM audit_heads"))
     assert heads == [{"mac": None, "key_id": None}] * 2
@@ -337,7 +347,8 @@ async def test_without_a_key_the_heads_carry_no_mac(store: SqliteStore) -> None:
     assert result.verdict().startswith("UNVERIFIED: head_unauthenticated at seq 4")
 
 
-async def test_a_key_rotation(store: SqliteStore) -> None:
+async def test_a_key_rotation(any_store: Store) -> None:
+    store = any_store
     await append_batches(store, [3], key=OTHER_KEY)
     await append_batches(store, [3], key=KEY, start=4)
     result = await verify(store, KEY)  # old heads: hash only; the latest is by this key

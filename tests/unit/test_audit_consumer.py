@@ -290,6 +290,7 @@ async def test_the_extension_runs_inside_the_gateway(make_gateway: GatewayFactor
     assert (await verify(gateway.store, KEY)).ok
 
 
+@pytest.mark.sqlite_only  # edits the store's file as an attacker would
 async def test_tampering_with_the_gateways_log(make_gateway: GatewayFactory) -> None:
     gateway = await make_gateway(Extensions(payment_policy=HoldForPayer()))
     await busy_day(gateway)
@@ -314,6 +315,7 @@ async def test_tampering_with_the_gateways_log(make_gateway: GatewayFactory) -> 
     assert result.problem is not None and result.problem.first_suspect_seq <= settled["seq"]
 
 
+@pytest.mark.sqlite_only  # edits the store's file as an attacker would
 async def test_deleting_the_last_entry_of_the_gateways_log(make_gateway: GatewayFactory) -> None:
     gateway = await make_gateway(Extensions(payment_policy=HoldForPayer()))
     await busy_day(gateway)

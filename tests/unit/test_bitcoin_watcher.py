@@ -311,6 +311,25 @@ async def test_mempool_transactions_are_fetched_once(gateway: Gateway) -> None:
     assert node.calls.count("getrawtransaction") == fetched
 
 
+async def test_new_invoice_addresses_are_decoded_once_not_at_every_poll(
+    gateway: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    watcher = make_watcher(gateway, FakeNode())
+    decoded: list[str] = []
+    decode = watcher._watch_key
+
+    def counting(address: str) -> bytes:
+        decoded.append(address)
+        return decode(address)
+
+    monkeypatch.setattr(watcher, "_watch_key", counting)
+    created = [await btc_invoice(gateway, SMALL) for _ in range(3)]
+    for _ in range(4):  # within the refresh margin every poll reads the same addresses again
+        await watcher.poll_once()
+    assert len(decoded) == len(set(decoded)) == 3
+    assert {btc_script_for_address(a, HRP) for a in decoded} == {script for _, script, _ in created}
+
+
 async def test_a_node_whose_chain_got_shorter_retracts_payments_above_its_tip(gateway: Gateway) -> None:
     node = FakeNode()
     watcher = make_watcher(gateway, node)

@@ -1,10 +1,11 @@
-"""The ledger's SQL on a real temporary SQLite store: idempotent posting, balances, append-only journal,
-pagination, and a statement streamed in chunks over many rows."""
+"""The ledger's SQL on a real temporary store of each backend (SQLite, and PostgreSQL when
+CRYPTOCITY_TEST_PG_DSN is set): idempotent posting, balances, append-only journal, pagination, and a
+statement streamed in chunks over many rows."""
 
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
@@ -12,7 +13,7 @@ from typing import Any, TypeVar
 import pytest
 
 from gateway.clock import isoformat
-from gateway.store import Row, SqliteStore, StoreError, Tx
+from gateway.store import Row, Store, StoreError, Tx
 from sandbox.ledger import store as ledger
 from sandbox.ledger.model import (
     InvoiceBook,
@@ -32,10 +33,8 @@ BTC = clearing_account("BTC")
 
 
 @pytest.fixture
-async def db(tmp_path: Path) -> AsyncIterator[SqliteStore]:
-    opened = await SqliteStore.open(tmp_path / "ledger.sqlite3")  # migration 0004 creates the ledger
-    yield opened
-    await opened.close()
+def db(any_store: Store) -> Store:
+    return any_store  # migration 0004 creates the ledger
 
 
 def transfer(n: int, amount: int, merchant: str = A, *, at: datetime = DAY0, fx: int = 0) -> JournalEntry:
@@ -70,7 +69,7 @@ def _post(entries: list[JournalEntry]) -> Callable[[Tx], Coroutine[Any, Any, int
     return lambda tx: ledger.post(tx, entries)
 
 
-async def count(db: SqliteStore, table: str) -> int:
+async def count(db: Store, table: str) -> int:
     row = await db.read(lambda tx: tx.fetchone(f"SELECT count(*) AS n FROM {table}"))  # noqa: S608
     assert row is not None
     return int(row["n"])
@@ -106,7 +105,7 @@ async def test_create_schema_builds_the_ledger_on_an_empty_database(tmp_path: Pa
     assert {"ledger_entries", "ledger_lines", "ledger_balances", "ledger_invoices"} <= tables
 
 
-async def test_posting_again_is_a_no_op(db: SqliteStore) -> None:
+async def test_posting_again_is_a_no_op(db: Store) -> None:
     entries = [transfer(1, 1_000, fx=3), transfer(2, 500)]
     assert await db.transaction(lambda tx: ledger.post(tx, entries)) == 2
     assert await db.transaction(lambda tx: ledger.post(tx, entries)) == 0
@@ -124,7 +123,7 @@ async def test_posting_again_is_a_no_op(db: SqliteStore) -> None:
 
 
 async def test_a_different_entry_under_a_booked_id_is_refused_and_the_unit_rolls_back(
-    db: SqliteStore,
+    db: Store,
 ) -> None:
     await db.transaction(lambda tx: ledger.post(tx, [transfer(1, 1_000)]))
     changed = transfer(1, 1_001)  # same event and leg, other amount: postings were not deterministic
@@ -134,7 +133,7 @@ async def test_a_different_entry_under_a_booked_id_is_refused_and_the_unit_rolls
     assert await db.read(lambda tx: ledger.balance(tx, settlement_account(A))) == 1_000
 
 
-async def test_the_journal_is_append_only(db: SqliteStore) -> None:
+async def test_the_journal_is_append_only(db: Store) -> None:
     await db.transaction(lambda tx: ledger.post(tx, [transfer(1, 1_000)]))
     for sql in (
         "UPDATE ledger_lines SET amount_tiyn = 5",
@@ -147,7 +146,7 @@ async def test_the_journal_is_append_only(db: SqliteStore) -> None:
     assert await count(db, "ledger_lines") == 2
 
 
-async def test_a_tampered_balance_row_is_reported(db: SqliteStore) -> None:
+async def test_a_tampered_balance_row_is_reported(db: Store) -> None:
     await db.transaction(lambda tx: ledger.post(tx, [transfer(1, 1_000), transfer(2, 250)]))
     await db.transaction(
         lambda tx: tx.execute("UPDATE ledger_balances SET balance_tiyn = 1 WHERE account = ?", (BTC,))
@@ -158,7 +157,7 @@ async def test_a_tampered_balance_row_is_reported(db: SqliteStore) -> None:
     assert await db.read(ledger.trial_balance) == 0  # the journal itself is sound
 
 
-async def test_the_booked_state_is_saved_and_loaded(db: SqliteStore) -> None:
+async def test_the_booked_state_is_saved_and_loaded(db: Store) -> None:
     book = InvoiceBook(
         invoice_id="inv_1", merchant_id=A, last_seq=7, version=3, settlements=1, settlement=(Line(BTC, -5),)
     )
@@ -170,7 +169,7 @@ async def test_the_booked_state_is_saved_and_loaded(db: SqliteStore) -> None:
     assert row == {"settled": 1, "last_seq": 7}
 
 
-async def test_a_merchants_ledger_pages_newest_first_without_gaps_or_overlaps(db: SqliteStore) -> None:
+async def test_a_merchants_ledger_pages_newest_first_without_gaps_or_overlaps(db: Store) -> None:
     entries = [transfer(n, 100 + n, A if n % 6 else B) for n in range(1, 31)]  # 25 of A, 5 of B
     await db.transaction(lambda tx: ledger.post(tx, entries))
     pages, cursor = [], None
@@ -198,7 +197,7 @@ async def test_a_merchants_ledger_pages_newest_first_without_gaps_or_overlaps(db
 class CountingReader:
     """A store reader that records how many rows each read fetched."""
 
-    def __init__(self, store: SqliteStore) -> None:
+    def __init__(self, store: Store) -> None:
         self.store = store
         self.fetched: list[int] = []
 
@@ -221,7 +220,7 @@ class CountingReader:
         return await self.store.read(lambda tx: fn(Counting(tx)))  # type: ignore[arg-type]
 
 
-async def test_a_statement_streams_many_rows_in_bounded_chunks(db: SqliteStore) -> None:
+async def test_a_statement_streams_many_rows_in_bounded_chunks(db: Store) -> None:
     # 3 000 settles of merchant A over 30 days, posted out of time order within each day (the journal
     # order is not the time order), plus merchant B's, which are not on A's account.
     entries = []

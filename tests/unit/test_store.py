@@ -1,16 +1,20 @@
-"""The SQLite store: durability settings, group commit, per-unit savepoints, faults that keep nothing."""
+"""The store contract on both backends (units all-or-nothing, after_commit, read snapshots, migrations,
+closed stores), and what only SQLite has: durability settings, group commit, per-unit savepoints inside one
+batch, disk-full faults that keep nothing. PostgreSQL-only behaviour is in test_store_postgres.py."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import sqlite3
+import sys
 from pathlib import Path
 
 import pytest
 
-from gateway.store import SqliteStore, StoreError, StoreUnavailable, Tx, UniqueViolation
+from gateway.store import SqliteStore, Store, StoreError, StoreUnavailable, Tx, UniqueViolation
 from gateway.store.migrations import load_migrations
+from tests.conftest import StoreFactory
 
 
 async def _put(tx: Tx, name: str, position: int = 0) -> str:
@@ -20,7 +24,7 @@ async def _put(tx: Tx, name: str, position: int = 0) -> str:
     return name
 
 
-async def _count(store: SqliteStore) -> int:
+async def _count(store: Store) -> int:
     row = await store.read(lambda tx: tx.fetchone("SELECT count(*) AS n FROM consumer_cursors"))
     assert row is not None
     return int(row["n"])
@@ -45,12 +49,26 @@ async def test_wal_full_sync_and_foreign_keys_are_on(tmp_path: Path, store: Sqli
         return int(next(iter(sync.values()))), int(next(iter(fks.values())))
 
     assert await store.transaction(pragmas) == (2, 1)  # 2 = FULL
-    with pytest.raises(StoreError, match="FOREIGN KEY"):
-        await store.transaction(
+
+
+async def test_foreign_keys_are_enforced(any_store: Store) -> None:
+    with pytest.raises(StoreError, match=r"(?i)foreign key") as raised:
+        await any_store.transaction(
             lambda tx: tx.execute(
                 "INSERT INTO api_keys (id, merchant_id, lookup, secret_hash, created_at) VALUES ('k', 'nobody', 'l', 'h', 't')"
             )
         )
+    assert not isinstance(raised.value, StoreUnavailable | UniqueViolation)
+    assert await any_store.read(lambda tx: tx.fetchone("SELECT count(*) AS n FROM api_keys")) == {"n": 0}
+
+
+async def test_concurrent_units_all_commit(any_store: Store) -> None:
+    units = 2000 if any_store.backend == "sqlite" else 400
+    names = await asyncio.gather(
+        *(any_store.transaction(lambda tx, i=i: _put(tx, f"c{i}", i)) for i in range(units))
+    )
+    assert len(set(names)) == units
+    assert await _count(any_store) == units
 
 
 async def test_concurrent_units_share_commits(store: SqliteStore) -> None:
@@ -58,12 +76,12 @@ async def test_concurrent_units_share_commits(store: SqliteStore) -> None:
         *(store.transaction(lambda tx, i=i: _put(tx, f"c{i}", i)) for i in range(2000))
     )
     assert len(set(names)) == 2000
-    assert await _count(store) == 2000
     assert store.stats.units == 2000
     assert store.stats.commits < 2000 / 10  # many units per fsync
 
 
-async def test_a_failing_unit_rolls_back_alone(store: SqliteStore) -> None:
+async def test_a_failing_unit_rolls_back_alone(any_store: Store) -> None:
+    store = any_store
     await store.transaction(lambda tx: _put(tx, "taken"))
 
     async def half_then_fail(tx: Tx) -> None:
@@ -98,7 +116,8 @@ async def test_units_see_earlier_units_of_the_same_batch(store: SqliteStore) -> 
     assert await asyncio.gather(first, second) == ["x", 41]
 
 
-async def test_after_commit_runs_only_for_committed_units(store: SqliteStore) -> None:
+async def test_after_commit_runs_only_for_committed_units(any_store: Store) -> None:
+    store = any_store
     ran: list[str] = []
 
     async def ok(tx: Tx) -> None:
@@ -117,9 +136,20 @@ async def test_after_commit_runs_only_for_committed_units(store: SqliteStore) ->
     assert listener_calls
 
 
-async def test_reads_cannot_write(store: SqliteStore) -> None:
+async def test_reads_cannot_write(any_store: Store) -> None:
     with pytest.raises(StoreError):
-        await store.read(lambda tx: _put(tx, "nope"))
+        await any_store.read(lambda tx: _put(tx, "nope"))
+    with pytest.raises(StoreError):
+        await any_store.read(
+            lambda tx: tx.executemany("DELETE FROM consumer_cursors WHERE consumer = ?", [("x",)])
+        )
+
+    async def register(tx: Tx) -> None:
+        tx.after_commit(lambda: None)
+
+    with pytest.raises(StoreError):
+        await any_store.read(register)
+    assert await _count(any_store) == 0
 
 
 async def test_disk_full_fails_the_batch_keeps_old_data_and_recovers(tmp_path: Path) -> None:
@@ -147,11 +177,13 @@ async def test_disk_full_fails_the_batch_keeps_old_data_and_recovers(tmp_path: P
         await store.close()
 
 
-async def test_migrations_are_numbered_and_reapplying_is_a_no_op(tmp_path: Path) -> None:
+async def test_migrations_are_numbered_and_reapplying_is_a_no_op(store_factory: StoreFactory) -> None:
     versions = [m.version for m in load_migrations("sqlite")]
     assert versions == list(range(1, len(versions) + 1))
+    postgres = load_migrations("postgres")
+    assert [(m.version, m.name) for m in postgres] == [(m.version, m.name) for m in load_migrations("sqlite")]
     for _ in range(2):
-        store = await SqliteStore.open(tmp_path / "m.sqlite3")
+        store = await store_factory.open("m")
         rows = await store.read(
             lambda tx: tx.fetchall("SELECT version FROM schema_migrations ORDER BY version")
         )
@@ -159,20 +191,25 @@ async def test_migrations_are_numbered_and_reapplying_is_a_no_op(tmp_path: Path)
         await store.close()
 
 
-async def test_closed_store_refuses_work(tmp_path: Path) -> None:
-    store = await SqliteStore.open(tmp_path / "c.sqlite3")
+async def test_closed_store_refuses_work(store_factory: StoreFactory) -> None:
+    store = await store_factory.open("c")
     await store.close()
     with pytest.raises(StoreUnavailable):
         await store.transaction(lambda tx: _put(tx, "late"))
+    with pytest.raises(StoreUnavailable):
+        await store.read(lambda tx: tx.fetchone("SELECT 1 AS one"))
 
 
-@pytest.mark.parametrize("readers", [1, 3])
+@pytest.mark.parametrize("connections", [1, 3])
 async def test_a_read_is_one_snapshot_and_sees_every_write_committed_before_it_began(
-    tmp_path: Path, readers: int
+    store_factory: StoreFactory, connections: int
 ) -> None:
     """A read that started earlier and is still running must not hand its older snapshot to a later read
-    (SQLite keeps one connection's read transaction open while any of its statements runs)."""
-    store = await SqliteStore.open(tmp_path / "r.sqlite3", readers=readers)
+    (SQLite keeps one connection's read transaction open while any of its statements runs). With one
+    connection a PostgreSQL store's later units and reads wait for the long read; give it two."""
+    store = await store_factory.open(
+        "r", connections=connections if store_factory.backend == "sqlite" else connections + 1
+    )
     try:
         await store.transaction(lambda tx: tx.execute("INSERT INTO consumer_cursors VALUES ('c', 0, 'now')"))
         first_seen = asyncio.Event()
@@ -201,10 +238,10 @@ async def test_a_read_is_one_snapshot_and_sees_every_write_committed_before_it_b
         await store.close()
 
 
-async def test_cancelled_reads_leave_their_connection_usable(tmp_path: Path) -> None:
+async def test_cancelled_reads_leave_their_connection_usable(store_factory: StoreFactory) -> None:
     """Readers cancelled at any point (before, during or after their BEGIN) must not hand on a connection
     still inside their transaction: the next read would fail or see their old snapshot."""
-    store = await SqliteStore.open(tmp_path / "c.sqlite3", readers=1)
+    store = await store_factory.open("c", connections=1)
     try:
         await store.transaction(lambda tx: _put(tx, "c", 1))
 
@@ -229,3 +266,35 @@ async def test_cancelled_reads_leave_their_connection_usable(tmp_path: Path) -> 
         assert final is not None and final["position"] == 7  # every write seen by the read after it
     finally:
         await store.close()
+
+
+async def test_cryptocity_migrate_prepares_an_empty_store(
+    store_factory: StoreFactory, tmp_path: Path
+) -> None:
+    """`cryptocity migrate` as an operator runs it, on a fresh SQLite file or a fresh PostgreSQL schema."""
+    env = {"PATH": "/usr/bin:/bin", "CRYPTOCITY_STORE__PATH": str(tmp_path / "migrated.sqlite3")}
+    env.update(store_factory.env())
+    for _ in range(2):  # the second run finds everything applied
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "sandbox.cli",
+            "migrate",
+            env=env,
+            cwd=tmp_path,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        out, err = await asyncio.wait_for(process.communicate(), timeout=120)
+        assert process.returncode == 0, err.decode()
+        assert out.decode().startswith("migrations applied to ")
+        if store_factory.schema is not None:
+            assert f"(schema {store_factory.schema})" in out.decode()
+    store = await store_factory.open("migrated")
+    try:
+        rows = await store.read(
+            lambda tx: tx.fetchall("SELECT version FROM schema_migrations ORDER BY version")
+        )
+    finally:
+        await store.close()
+    assert [int(r["version"]) for r in rows] == [m.version for m in load_migrations("sqlite")]

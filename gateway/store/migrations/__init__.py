@@ -1,7 +1,9 @@
 """Numbered SQL migrations, applied in order, each in its own transaction, recorded in schema_migrations.
 
-Files are named ``NNNN_description.sql`` under a folder per backend (``sqlite/`` now; ``postgres/`` joins
-it with the PostgreSQL backend). Applied migrations are never edited: a change is a new file.
+Files are named ``NNNN_description.sql`` under a folder per backend (``sqlite/`` and ``postgres/``); the two
+folders hold the same numbers, each file the same tables, columns, keys and indexes in its backend's types
+(a test compares the schemas they build). Applied migrations are never edited: a change is a new file in
+both folders.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import sqlite3
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import resources
+from typing import Any
 
 _NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 
@@ -56,3 +59,41 @@ def apply_sqlite_migrations(conn: sqlite3.Connection) -> list[int]:
         conn.executescript(f"BEGIN;\n{migration.sql}\n;{record}\nCOMMIT;")
         applied.append(migration.version)
     return applied
+
+
+_PG_MIGRATION_LOCK = "SELECT pg_advisory_lock(hashtextextended('cryptocity.migrate:' || current_schema(), 0))"
+_PG_MIGRATION_UNLOCK = (
+    "SELECT pg_advisory_unlock(hashtextextended('cryptocity.migrate:' || current_schema(), 0))"
+)
+
+
+async def apply_postgres_migrations(conn: Any) -> list[int]:
+    """Apply every PostgreSQL migration not yet recorded, on an asyncpg connection whose search_path is the
+    target schema; returns the versions applied now.
+
+    A session advisory lock per schema makes processes that start together take turns: the second finds
+    the first one's migrations recorded and applies nothing.
+    """
+    await conn.execute(_PG_MIGRATION_LOCK)
+    try:
+        await conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations ("
+            " version BIGINT PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL)"
+        )
+        done = {int(row["version"]) for row in await conn.fetch("SELECT version FROM schema_migrations")}
+        applied = []
+        for migration in load_migrations("postgres"):
+            if migration.version in done:
+                continue
+            async with conn.transaction():
+                await conn.execute(migration.sql)
+                await conn.execute(
+                    "INSERT INTO schema_migrations (version, name, applied_at) VALUES ($1, $2, $3)",
+                    migration.version,
+                    migration.name,
+                    datetime.now(UTC).isoformat(),
+                )
+            applied.append(migration.version)
+        return applied
+    finally:
+        await conn.execute(_PG_MIGRATION_UNLOCK)
