@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from typing import Any
 
 
 async def wait_for_event(event: asyncio.Event, timeout: float) -> bool:
@@ -19,6 +21,19 @@ async def wait_for_event(event: asyncio.Event, timeout: float) -> bool:
     except TimeoutError:
         return False
     return True
+
+
+async def cancel_and_wait(task: asyncio.Task[Any] | None) -> None:
+    """Cancel a background task and wait until it has unwound (its ``finally`` blocks ran); None is a no-op.
+
+    Every loop's ``stop()`` needs this, and awaiting the task matters: returning before it unwinds lets a
+    caller close the connection or store the loop is still using.
+    """
+    if task is None:
+        return
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 def exit_with_parent(parent: int) -> None:

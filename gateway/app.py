@@ -30,7 +30,7 @@ from web3 import AsyncHTTPProvider, AsyncWeb3
 
 from gateway.accounts.merchants import MerchantRegistry
 from gateway.address_pool import AddressPool, IndexAllocator
-from gateway.aio import exit_with_parent
+from gateway.aio import cancel_and_wait, exit_with_parent
 from gateway.api import health, invoices
 from gateway.api import rates as rates_api
 from gateway.api.metrics import setup_metrics
@@ -361,9 +361,7 @@ async def _expiry_sweeper_ctx(app: web.Application) -> AsyncIterator[None]:
 
 async def _cancel(task: asyncio.Task[None]) -> None:
     """Stop a background loop and wait until it has unwound."""
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    await cancel_and_wait(task)
 
 
 def bitcoin_watcher_settings(cfg: Config) -> WatcherSettings:

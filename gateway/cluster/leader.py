@@ -53,7 +53,7 @@ from typing import Any, Protocol
 
 import structlog
 
-from gateway.aio import wait_for_event
+from gateway.aio import cancel_and_wait, wait_for_event
 
 log = structlog.get_logger("gateway.cluster")
 
@@ -259,10 +259,7 @@ class PostgresElection:
     async def stop(self) -> None:
         """Stop the jobs first, then release the lock (closing the session), so a follower takes over now."""
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(task)
         was_leader = self.leadership.is_leader
         await self.leadership.follow()
         conn, self._conn = self._conn, None

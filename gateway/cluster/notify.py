@@ -21,13 +21,12 @@ closed socket only when it reads).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 from typing import Any
 
 import structlog
 
-from gateway.aio import wait_for_event
+from gateway.aio import cancel_and_wait, wait_for_event
 from gateway.store.postgres import NOTIFY_CHANNEL, PostgresStore
 
 log = structlog.get_logger("gateway.cluster")
@@ -66,10 +65,7 @@ class CommitNotifications:
 
     async def stop(self) -> None:
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(task)
 
     async def wait_listening(self, timeout: float) -> bool:
         """True once the LISTEN is in place (tests, and start-up when a caller wants it)."""

@@ -21,7 +21,6 @@ before its first fetch).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -29,7 +28,7 @@ from decimal import Decimal
 import structlog
 
 from gateway import jsonutil
-from gateway.aio import wait_for_event
+from gateway.aio import cancel_and_wait, wait_for_event
 from gateway.clock import parse_isoformat
 from gateway.money import Asset
 from gateway.rates.base import AssetRate, RateSource, RatesUnavailable
@@ -100,10 +99,7 @@ class StoredRates:
 
     async def stop(self) -> None:
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(task)
 
     def refresh_soon(self) -> None:
         self._wake.set()

@@ -32,7 +32,6 @@ looks, and wakes at once on every store commit (new deliveries) and when an atte
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import random
 import time
 from collections import Counter
@@ -45,7 +44,7 @@ import aiohttp
 import structlog
 from aiohttp.abc import AbstractResolver
 
-from gateway.aio import wait_for_event
+from gateway.aio import cancel_and_wait, wait_for_event
 from gateway.clock import Clock, isoformat, parse_isoformat
 from gateway.config import WebhooksConfig
 from gateway.ids import new_id
@@ -145,10 +144,7 @@ class WebhookDispatcher:
         """Stop claiming and cancel attempts in flight: their leases run out and they are attempted again."""
         self._stopping = True
         task, self._loop_task = self._loop_task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(task)
         pending = list(self._inflight.values())
         for attempt in pending:
             attempt.cancel()
