@@ -7,8 +7,11 @@ Tests and tools never stop processes by name (bcoin even renames itself), so eve
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import signal
 import socket
 import subprocess
+import sys
 from pathlib import Path
 from typing import IO
 
@@ -24,6 +27,20 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """In the child before exec (Linux): SIGTERM when the process that started us dies, even by SIGKILL.
+
+    A simulation or test stopped by a signal cannot run its clean-up, and its nodes would go on running.
+    (The signal follows the thread that spawned the child; nodes are spawned from the event loop's
+    default executor, whose threads live until the loop closes, after the devnets have stopped.)
+    """
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
 
 
 class NodeProcess:
@@ -55,6 +72,7 @@ class NodeProcess:
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             cwd=PROJECT_ROOT,
+            preexec_fn=_die_with_parent,  # one prctl between fork and exec
         )
 
     async def stop(self, timeout: float = 10.0) -> None:
