@@ -5,6 +5,13 @@ Deriving a BIP32 child costs ~60-70 us of elliptic-curve maths and encoding. ``A
 with a process executor (``addresses.derive_workers``) the maths runs on another core, so the event loop
 that serves requests only looks addresses up. Uniqueness never depends on this cache: indexes come from
 ``IndexAllocator``, whose blocks are reserved in the store before use.
+
+With several processes on one PostgreSQL store (``blocks_only``), each process's allocator takes blocks
+from the same counter, so the blocks of one process are interleaved with the others'. A pool deriving
+every index ahead of the last one it handed out would then derive, in every process, the addresses all
+the other processes hand out: N processes would do N times the derivation work. There the pool derives
+only inside the blocks its own allocator reserved (``IndexAllocator(on_reserved=pool.reserved)``): the
+block in use and the spare one reserved ahead.
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ import asyncio
 import contextlib
 import functools
 from collections import OrderedDict
+from collections.abc import Callable
 from concurrent.futures import Executor
 
 import structlog
@@ -44,15 +52,25 @@ class AddressPool:
     """Ready addresses per account key. Used from the event loop only."""
 
     def __init__(
-        self, *, btc_hrp: str, pool_size: int, executor: Executor | None = None, max_accounts: int = 10_000
+        self,
+        *,
+        btc_hrp: str,
+        pool_size: int,
+        executor: Executor | None = None,
+        max_accounts: int = 10_000,
+        blocks_only: bool = False,
     ) -> None:
         self._hrp = btc_hrp
         self._size = pool_size
         self._executor = executor
         self._max_accounts = max_accounts
+        # True: derive ahead only inside the blocks reported by reserved() (several processes; module doc)
+        self._blocks_only = blocks_only
         self._ready: OrderedDict[_PoolKey, dict[int, str]] = OrderedDict()
         self._wanted: dict[_PoolKey, int] = {}
         self._derived_upto: dict[_PoolKey, int] = {}
+        self._owned: dict[_PoolKey, list[tuple[int, int]]] = {}  # blocks_only: [start, end) spans, sorted
+        self._next: dict[_PoolKey, int] = {}  # the index after the last one handed out
         self._refill_task: asyncio.Task[None] | None = None
         self.hits = 0
         self.misses = 0
@@ -67,6 +85,7 @@ class AddressPool:
             address = derive_addresses(chain, account_key, self._hrp, index, 1)[0]
         else:
             self.hits += 1
+        self._next[key] = index + 1
         self._want(key, index + 1)
         return address
 
@@ -75,9 +94,26 @@ class AddressPool:
         """Addresses derived and waiting, over all keys (for metrics and tests)."""
         return sum(len(ready) for ready in self._ready.values())
 
+    def ready_indexes(self, chain: Chain, account_key: str) -> list[int]:
+        """The indexes whose addresses are derived and waiting for one key (for tests)."""
+        return sorted(self._ready.get((chain, account_key), {}))
+
     def prime(self, chain: Chain, account_key: str, next_index: int) -> None:
-        """Ask for addresses from ``next_index`` on (at start-up, for each key in use)."""
-        self._want((chain, account_key), next_index)
+        """Ask for addresses from ``next_index`` on (at start-up, for each key in use). With ``blocks_only``
+        nothing is derived before this process reserves a block: the next indexes may be another's."""
+        if not self._blocks_only:
+            self._want((chain, account_key), next_index)
+
+    def reserved(self, chain: Chain, account_key: str, start: int, end: int) -> None:
+        """``IndexAllocator`` reserved indexes ``start .. end-1`` for this process: with ``blocks_only``,
+        derive them ahead (and nothing outside such blocks); otherwise nothing to do."""
+        if not self._blocks_only or end <= start:
+            return
+        key = (chain, account_key)
+        owned = self._owned.setdefault(key, [])
+        owned.append((start, end))
+        owned.sort()
+        self._want(key, self._next.get(key, start))
 
     def _want(self, key: _PoolKey, next_index: int) -> None:
         if self._size <= 0:
@@ -101,10 +137,21 @@ class AddressPool:
             # Derive only past what was derived before: O(new addresses), not O(pool size), per refill.
             first = max(start, self._derived_upto.get(key, 0))
             last = start + self._size
+            owned = self._owned.get(key) if self._blocks_only else None
+            if owned is not None:
+                owned[:] = [(lo, hi) for lo, hi in owned if hi > start]  # spans handed out entirely
             # In a worker, chunks amortise the hand-off; in-process, small steps keep the loop responsive.
             chunk = _REFILL_CHUNK if self._executor is not None else 4
             while first < last:
-                count = min(chunk, last - first)
+                span_end = last
+                if self._blocks_only:
+                    span = _owned_span(owned or [], first)
+                    if span is None:  # nothing of ours beyond here (yet)
+                        break
+                    first, span_end = max(first, span[0]), min(last, span[1])
+                    if first >= span_end:
+                        break
+                count = min(chunk, span_end - first)
                 try:
                     if self._executor is not None:
                         addresses = await loop.run_in_executor(
@@ -128,6 +175,14 @@ class AddressPool:
                 await self._refill_task
 
 
+def _owned_span(owned: list[tuple[int, int]], index: int) -> tuple[int, int] | None:
+    """The first of the sorted ``owned`` spans that ends after ``index``."""
+    for start, end in owned:
+        if end > index:
+            return start, end
+    return None
+
+
 class IndexAllocator:
     """Hands out derivation indexes from blocks reserved durably in the store.
 
@@ -141,9 +196,16 @@ class IndexAllocator:
     (docs/architecture.md).
     """
 
-    def __init__(self, store: Store, block_size: int) -> None:
+    def __init__(
+        self,
+        store: Store,
+        block_size: int,
+        *,
+        on_reserved: Callable[[Chain, str, int, int], None] | None = None,
+    ) -> None:
         self._store = store
         self._block = block_size
+        self._on_reserved = on_reserved  # told of every block reserved: AddressPool.reserved
         self._current: dict[_PoolKey, tuple[int, int]] = {}  # key -> (next index, end of block)
         self._spare: dict[_PoolKey, asyncio.Task[tuple[int, int]]] = {}  # the next block, reserved ahead
         self._locks: dict[_PoolKey, asyncio.Lock] = {}
@@ -197,6 +259,8 @@ class IndexAllocator:
             return int(row["next_index"])
 
         end = await self._store.transaction(unit)
+        if self._on_reserved is not None:
+            self._on_reserved(chain, account_key, end - size, end)
         return end - size, end
 
 

@@ -216,7 +216,11 @@ def _services_ctx(rates: RateSource | None) -> Any:
                 initargs=(os.getpid(),),
             )
         pool = AddressPool(
-            btc_hrp=cfg.bitcoin.bech32_hrp, pool_size=cfg.addresses.pool_size, executor=workers
+            btc_hrp=cfg.bitcoin.bech32_hrp,
+            pool_size=cfg.addresses.pool_size,
+            executor=workers,
+            # a shared store: other processes take blocks of the same counter; derive only our own
+            blocks_only=leadership.clustered,
         )
         # The fixed table while rates.fixed is on; otherwise the live providers behind the composite. With no
         # fresh rate, creation answers 503 (what the pilot wants without a trustworthy rate).
@@ -257,7 +261,7 @@ def _services_ctx(rates: RateSource | None) -> Any:
                 spread_bps=merchant.spread_bps,
             )
 
-        indexes = IndexAllocator(store, cfg.addresses.reserve_block)
+        indexes = IndexAllocator(store, cfg.addresses.reserve_block, on_reserved=pool.reserved)
         app[REGISTRY] = registry
         app[ADDRESSES] = pool
         app[SERVICE] = InvoiceService(

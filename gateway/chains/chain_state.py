@@ -193,6 +193,18 @@ class ChainState:
         """Followed payments mined at ``height`` or above (the ones whose confirmations still change)."""
         return await self._payments("p.block_height >= ?", (height,))
 
+    async def payments_to_count(self, lowest: int, recent: int, depth: int) -> list[TrackedPayment]:
+        """Followed payments mined at ``lowest`` or above whose stored confirmations may be out of date:
+        every one from ``recent`` up, and deeper ones whose count is still below ``depth``.
+
+        The deeper ones are those the tip passed faster than they were counted: a watcher that was away
+        for several blocks (another process took over, a restart, a node or store outage) first syncs to a
+        tip more than ``depth`` above them. The index on (chain, block_height) bounds the scan by ``lowest``.
+        """
+        return await self._payments(
+            "p.block_height >= ? AND (p.block_height >= ? OR p.confirmations < ?)", (lowest, recent, depth)
+        )
+
     async def stale_payments(self, lowest: int, highest: int | None) -> list[TrackedPayment]:
         """Followed payments mined from ``lowest`` (to ``highest``) whose block is not the stored one there.
 

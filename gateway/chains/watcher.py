@@ -14,7 +14,8 @@ do not depend on the chain live here:
   (payments are unique by their chain key);
 - after a sync, payments stored for blocks that are no longer the stored block at their height are resolved
   (still pending on the node → 0 confirmations; gone → a "dropped" fact), and payments in the last
-  ``confirmation_depth`` heights get their current confirmation count;
+  ``confirmation_depth`` heights get their current confirmation count (and so do deeper ones of the stored
+  chain still counted short of that depth, which a tip that jumped several blocks would otherwise skip);
 - the watch dict: invoice addresses read from the store by invoice id (whose time prefix makes "created
   since the last look" an index range), so invoices created by any process are watched without a restart.
 
@@ -328,9 +329,15 @@ class ChainWatcher(ABC, Generic[K]):
             await self._sink.payment_dropped(self.chain, payment.payment_key, reason)
 
     async def _update_confirmations(self) -> None:
+        """Bring the stored confirmation counts up to the tip: payments in the last ``confirmation_depth``
+        heights, and any deeper payment of the stored chain still counted short of that depth. Without the
+        latter, a tip that moved more than a few blocks between two counts (a takeover, a restart, a
+        poll that failed) would leave a payment below its invoice's rule, and the invoice processing, for
+        good."""
         tip = self._tip.height
         updates = []
-        for payment in await self._state.payments_from(tip - self._confirmation_depth + 1):
+        depth = self._confirmation_depth
+        for payment in await self._state.payments_to_count(min(self._chain), tip - depth + 1, depth):
             assert payment.block_height is not None
             stored = self._chain.get(payment.block_height)
             if stored is None or stored.hash != payment.block_hash:

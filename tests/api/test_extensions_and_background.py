@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from gateway.address_pool import IndexAllocator
+from gateway.address_pool import AddressPool, IndexAllocator
+from gateway.addresses import BitcoinAccount
 from gateway.api.state import OUTBOX
 from gateway.clock import ManualClock
 from gateway.extensions import Extensions, RouteExtension
@@ -18,6 +19,7 @@ from gateway.money import Chain
 from gateway.outbox import OutboxEvent
 from gateway.store import SqliteStore, Store, StoreUnavailable, Tx
 from gateway.store.sqlite import UnitSuspended
+from sandbox.demo import demo_account_keys
 from tests.conftest import GatewayFactory, StoreFactory
 from tests.unit.test_ledger_consumer import HoldForPayer, fact
 
@@ -159,6 +161,50 @@ async def test_index_blocks_are_unique_across_restarts_and_concurrency(store_fac
         counter = await store.read(lambda tx: tx.fetchone("SELECT next_index FROM address_counters"))
         assert counter is not None and counter["next_index"] > max(after)  # reserved before handed out
     finally:
+        await store.close()
+
+
+async def test_with_blocks_only_the_pool_derives_only_the_blocks_of_its_own_allocator(
+    store_factory: StoreFactory,
+) -> None:
+    """Two processes' allocators on one counter take interleaved blocks; each pool must derive its own
+    blocks ahead and none of the other's (else N processes derive N times the addresses)."""
+    btc, _ = demo_account_keys()
+    store = await store_factory.open("idx")
+    await store.transaction(
+        lambda tx: tx.execute(
+            "INSERT INTO address_counters (chain, account_key, next_index) VALUES ('bitcoin', ?, 0)", (btc,)
+        )
+    )
+    pool = AddressPool(btc_hrp="bcrt", pool_size=64, blocks_only=True)
+    blocks: list[tuple[int, int]] = []
+
+    def reserved(chain: Chain, account_key: str, start: int, end: int) -> None:
+        blocks.append((start, end))
+        pool.reserved(chain, account_key, start, end)
+
+    ours = IndexAllocator(store, block_size=5, on_reserved=reserved)
+    theirs = IndexAllocator(store, block_size=5)  # another process on the same counter
+    try:
+        pool.prime(Chain.BITCOIN, btc, 0)  # nothing yet: the next indexes may be the other process's
+        assert pool.ready_indexes(Chain.BITCOIN, btc) == []
+        account = BitcoinAccount(btc)
+        for _ in range(12):
+            index = await ours.take(Chain.BITCOIN, btc)
+            assert pool.address(Chain.BITCOIN, btc, index) == account.address(index, "bcrt")
+            await theirs.take(Chain.BITCOIN, btc)
+            for _ in range(20):  # let the refill run (in-process derivation, a few addresses per step)
+                await asyncio.sleep(0)
+        ready = pool.ready_indexes(Chain.BITCOIN, btc)
+        assert ready, "the pool derived nothing ahead"
+        assert all(any(start <= i < end for start, end in blocks) for i in ready), (ready, blocks)
+        assert pool.hits > 0
+        counter = await store.read(lambda tx: tx.fetchone("SELECT next_index FROM address_counters"))
+        assert counter is not None and sum(end - start for start, end in blocks) < counter["next_index"]
+    finally:
+        await ours.close()
+        await theirs.close()
+        await pool.close()
         await store.close()
 
 

@@ -247,6 +247,27 @@ async def test_restarted_watcher_catches_up_twenty_blocks_in_log_spans(
     assert stored[-1].height == await dev_chain.w3.eth.block_number
 
 
+async def test_a_payment_short_of_its_confirmations_is_counted_after_the_tip_jumps_past_the_window(
+    eth_gateway: Gateway, dev_chain: DevChain
+) -> None:
+    """Seen with 1 of its 6 confirmations, then the watcher is away for 10 blocks (a takeover by another
+    process, a restart, a node or store outage): the next watcher's first sync lands 10 blocks on, so
+    the payment is deeper than the watched depth (7) below the tip. It must still be counted, or its invoice
+    stays processing for good (tests/cluster/test_failover_chains.py found this)."""
+    first = make_watcher(eth_gateway, dev_chain)
+    await first.poll_once()
+    invoice = await eth_invoice(eth_gateway, LARGE)
+    await dev_chain.pay_eth(invoice["ETH"]["address"], invoice["ETH"]["amount_due_minor"])
+    await first.poll_once()
+    assert await status_of(eth_gateway, invoice["id"]) == ("processing", [])
+    dev_chain.mine(10)
+    second = make_watcher(eth_gateway, dev_chain)
+    await second.poll_once()
+    assert await status_of(eth_gateway, invoice["id"]) == ("settled", [])
+    [row] = await payments(eth_gateway, invoice["id"])
+    assert row["confirmations"] == 11
+
+
 async def test_chain_id_guard(eth_gateway: Gateway, dev_chain: DevChain) -> None:
     with pytest.raises(WatcherRefused, match="chain id"):
         await make_watcher(eth_gateway, dev_chain, chain_id=11155111).poll_once()
