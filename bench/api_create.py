@@ -7,11 +7,20 @@
     pydantic model and returns a precomputed body of the same size, and does nothing else.
 
 Both run as one server process each and take the same load from a client on loopback: wrk (C, -t2) when
-installed, else a multi-process aiohttp client. Every request carries a unique Idempotency-Key, as a
-careful merchant sends. Prints a table and writes bench/results/api_create.json.
+installed, else the aiohttp client of bench/create_load.py. Every request carries a unique Idempotency-Key,
+as a careful merchant sends.
+
+Then, in the same run, durable creates by store and process count (bench/store_processes.py): SQLite with
+1 process, PostgreSQL with 1 and with 2 (`serve --processes 2`) on a fresh schema of the database in
+--pg-dsn (default CRYPTOCITY_TEST_PG_DSN; without one those rows are skipped, saying so), each loaded by
+the aiohttp client in this process, with the gateway's CPU seconds and creates per gateway CPU-second;
+target: 2 processes >= 0.9x of 1 process per CPU-second.
+
+Prints the tables and writes bench/results/api_create.json.
 
     python bench/api_create.py            # 10 s per server, 64 connections (the figures in docs/performance.md)
     python bench/api_create.py --quick    # CI: small and short; fails only on errors, never on timing
+    python bench/api_create.py --only processes --out /tmp/rows.json   # just the store/process rows
 """
 
 from __future__ import annotations
@@ -24,7 +33,6 @@ import re
 import shutil
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -33,8 +41,11 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 RESULTS = ROOT / "bench" / "results"
-PAYLOAD = {"amount": "5300.00", "currency": "KZT", "order_id": "bench", "description": "Lunch at the canteen"}
+
+from bench.create_load import PAYLOAD, python_client  # noqa: E402
+from bench.store_processes import print_rows, run_rows  # noqa: E402
 
 
 def free_port() -> int:
@@ -78,23 +89,38 @@ def cli(env: dict[str, str], *args: str) -> str:
     ).stdout
 
 
-def start_gateway(workdir: Path) -> tuple[subprocess.Popen[bytes], int, str, dict[str, str]]:
-    port = free_port()
+def gateway_env() -> dict[str, str]:
+    """What every gateway of this bench runs with (the store and the port are added per server)."""
     env = {
         **os.environ,
-        "CRYPTOCITY_STORE__PATH": str(workdir / "bench.sqlite3"),
-        "CRYPTOCITY_SERVER__PORT": str(port),
         "CRYPTOCITY_LOGGING__LEVEL": "warning",
         "CRYPTOCITY_ADDRESSES__POOL_SIZE": "4096",
         "CRYPTOCITY_CONFIG": str(ROOT / "config.toml"),
     }
-    sys.path.insert(0, str(ROOT))
+    env.pop("CRYPTOCITY_STORE__DSN", None)
+    env.pop("CRYPTOCITY_STORE__SCHEMA", None)
+    return env
+
+
+def create_merchant(env: dict[str, str]) -> str:
+    """A merchant with the demo keys in the store ``env`` names; its API key."""
     from sandbox.demo import demo_account_keys
 
     btc, eth = demo_account_keys()
     created = json.loads(
         cli(env, "merchants", "create", "--name", "Bench Canteen", "--btc-xpub", btc, "--eth-xpub", eth)
     )
+    return str(created["api_key"])
+
+
+def start_gateway(workdir: Path) -> tuple[subprocess.Popen[bytes], int, str, dict[str, str]]:
+    port = free_port()
+    env = {
+        **gateway_env(),
+        "CRYPTOCITY_STORE__PATH": str(workdir / "bench.sqlite3"),
+        "CRYPTOCITY_SERVER__PORT": str(port),
+    }
+    key = create_merchant(env)
     proc = subprocess.Popen(
         [sys.executable, "-m", "sandbox.cli", "serve"],
         env=env,
@@ -103,7 +129,7 @@ def start_gateway(workdir: Path) -> tuple[subprocess.Popen[bytes], int, str, dic
         stderr=subprocess.PIPE,
     )
     wait_for_port(port, proc)
-    return proc, port, created["api_key"], env
+    return proc, port, key, env
 
 
 def start_bare(body_size: int) -> tuple[subprocess.Popen[bytes], int]:
@@ -181,51 +207,10 @@ def run_wrk(port: int, key: str, seconds: float, connections: int, tag: str) -> 
     return result
 
 
-async def _python_client(port: int, key: str, seconds: float, connections: int, tag: str) -> dict[str, Any]:
-    import aiohttp
-
-    latencies: list[float] = []
-    errors = 0
-    body = json.dumps(PAYLOAD).encode()
-    deadline = time.perf_counter() + seconds
-    url = f"http://127.0.0.1:{port}/v1/invoices"
-
-    async def worker(n: int, session: aiohttp.ClientSession) -> None:
-        nonlocal errors
-        i = 0
-        while time.perf_counter() < deadline:
-            i += 1
-            headers = {
-                "Content-Type": "application/json",
-                "Authorization": f"Bearer {key}",
-                "Idempotency-Key": f"p-{tag}-{n}-{i}",
-            }
-            started = time.perf_counter()
-            async with session.post(url, data=body, headers=headers) as response:
-                await response.read()
-                if response.status != 201:
-                    errors += 1
-            latencies.append(time.perf_counter() - started)
-
-    started = time.perf_counter()
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=connections)) as session:
-        await asyncio.gather(*(worker(n, session) for n in range(connections)))
-    elapsed = time.perf_counter() - started
-    latencies.sort()
-    return {
-        "requests": len(latencies),
-        "seconds": elapsed,
-        "rps": len(latencies) / elapsed,
-        "errors": errors,
-        "p50_ms": 1000 * statistics.median(latencies) if latencies else 0.0,
-        "p99_ms": 1000 * latencies[int(len(latencies) * 0.99) - 1] if latencies else 0.0,
-    }
-
-
 def load(port: int, key: str, seconds: float, connections: int, tag: str, client: str) -> dict[str, Any]:
     if client == "wrk" or (client == "auto" and shutil.which("wrk")):
         return {"client": "wrk", **run_wrk(port, key, seconds, connections, tag)}
-    return {"client": "python-aiohttp", **asyncio.run(_python_client(port, key, seconds, connections, tag))}
+    return {"client": "python-aiohttp", **asyncio.run(python_client(port, key, seconds, connections, tag))}
 
 
 def process_cpu_seconds(pid: int) -> float:
@@ -233,24 +218,8 @@ def process_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--quick", action="store_true", help="short CI run: fail only on errors")
-    parser.add_argument("--seconds", type=float, default=10.0)
-    parser.add_argument("--connections", type=int, default=64)
-    parser.add_argument("--out", type=Path, help="default: bench/results/api_create[.quick].json")
-    parser.add_argument(
-        "--client",
-        choices=("auto", "wrk", "python"),
-        default="auto",
-        help="load generator: wrk if installed (auto), or the multi-connection aiohttp client",
-    )
-    args = parser.parse_args()
-    seconds, connections = (2.0, 16) if args.quick else (args.seconds, args.connections)
-    out = args.out or RESULTS / ("api_create.quick.json" if args.quick else "api_create.json")
-    tag = str(int(time.time()))
+def measure_durable_vs_bare(seconds: float, connections: int, tag: str, client: str) -> dict[str, Any]:
+    """The original comparison: the real gateway on SQLite against the bare handler, one process each."""
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
         gateway, gw_port, key, _ = start_gateway(Path(tmp))
@@ -267,31 +236,23 @@ def main() -> int:
             with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
                 sample = response.read()
             bare, bare_port = start_bare(len(sample))
-            load(bare_port, key, min(1.0, seconds), connections, tag + "w", args.client)  # warm-up both
-            load(gw_port, key, min(1.0, seconds), connections, tag + "w", args.client)
+            load(bare_port, key, min(1.0, seconds), connections, tag + "w", client)  # warm-up both
+            load(gw_port, key, min(1.0, seconds), connections, tag + "w", client)
             cpu0 = process_cpu_seconds(bare.pid)
-            results["bare"] = load(bare_port, key, seconds, connections, tag + "b", args.client)
+            results["bare"] = load(bare_port, key, seconds, connections, tag + "b", client)
             results["bare"]["server_cpu_seconds"] = process_cpu_seconds(bare.pid) - cpu0
             cpu0 = process_cpu_seconds(gateway.pid)
-            results["durable"] = load(gw_port, key, seconds, connections, tag + "d", args.client)
+            results["durable"] = load(gw_port, key, seconds, connections, tag + "d", client)
             results["durable"]["server_cpu_seconds"] = process_cpu_seconds(gateway.pid) - cpu0
             results["response_bytes"] = len(sample)
         finally:
             stop(gateway)
             if bare is not None:
                 stop(bare)
-    ratio = results["durable"]["rps"] / results["bare"]["rps"] if results["bare"]["rps"] else 0.0
-    report = {
-        "benchmark": "api_create",
-        "quick": args.quick,
-        "connections": connections,
-        "seconds": seconds,
-        "cpus": os.cpu_count(),
-        "ratio_durable_to_bare": round(ratio, 3),
-        "target_ratio": 0.5,
-        "target_met": ratio >= 0.5,
-        **results,
-    }
+    return results
+
+
+def print_durable_vs_bare(results: dict[str, Any], ratio: float) -> None:
     print(f"{'server':<10}{'client':<16}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'errors':>8}{'cpu s':>8}")
     for name in ("bare", "durable"):
         r = results[name]
@@ -300,9 +261,90 @@ def main() -> int:
             f"{r['errors']:>8}{r['server_cpu_seconds']:>8.1f}"
         )
     print(f"durable / bare throughput: {ratio:.2f}x (target >= 0.5x: {'met' if ratio >= 0.5 else 'MISSED'})")
+
+
+def python_load(port: int, key: str, seconds: float, connections: int, tag: str) -> dict[str, Any]:
+    return asyncio.run(python_client(port, key, seconds, connections, tag))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="short CI run: fail only on errors")
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--out", type=Path, help="default: bench/results/api_create[.quick].json")
+    parser.add_argument(
+        "--client",
+        choices=("auto", "wrk", "python"),
+        default="auto",
+        help="load generator of durable vs bare: wrk if installed (auto), or the aiohttp client",
+    )
+    parser.add_argument(
+        "--pg-dsn",
+        default=os.environ.get("CRYPTOCITY_TEST_PG_DSN", ""),
+        help="PostgreSQL for the store/process rows (a fresh schema per row, dropped afterwards);"
+        " default CRYPTOCITY_TEST_PG_DSN; none: those rows are skipped",
+    )
+    parser.add_argument(
+        "--only",
+        choices=("bare", "processes"),
+        help="measure only durable vs bare, or only the store/process rows (default: both)",
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="measure the store/process rows this many times, taking turns; medians decide (default 1)",
+    )
+    parser.add_argument(
+        "--py-spy",
+        type=Path,
+        metavar="DIR",
+        help="record py-spy raw stacks of every gateway process during each store/process row into DIR",
+    )
+    args = parser.parse_args()
+    seconds, connections = (2.0, 16) if args.quick else (args.seconds, args.connections)
+    out = args.out or RESULTS / ("api_create.quick.json" if args.quick else "api_create.json")
+    tag = str(int(time.time()))
+    report: dict[str, Any] = {
+        "benchmark": "api_create",
+        "quick": args.quick,
+        "connections": connections,
+        "seconds": seconds,
+        "cpus": os.cpu_count(),
+    }
+    errors = 0
+    if args.only != "processes":
+        results = measure_durable_vs_bare(seconds, connections, tag, args.client)
+        ratio = results["durable"]["rps"] / results["bare"]["rps"] if results["bare"]["rps"] else 0.0
+        report.update(
+            {"ratio_durable_to_bare": round(ratio, 3), "target_ratio": 0.5, "target_met": ratio >= 0.5}
+        )
+        report.update(results)
+        print_durable_vs_bare(results, ratio)
+        errors += results["durable"]["errors"] + results["bare"]["errors"]
+    if args.only != "bare":
+        with tempfile.TemporaryDirectory() as tmp:
+            rows = run_rows(
+                gateway_env(),
+                Path(tmp),
+                dsn=args.pg_dsn,
+                seconds=seconds,
+                warmup=0.5 if args.quick else 2.0,
+                connections=connections,
+                tag=tag,
+                load=python_load,
+                make_merchant=create_merchant,
+                profile_dir=args.py_spy,
+                rounds=1 if args.quick else max(1, args.rounds),
+            )
+        report["processes"] = rows
+        print_rows(rows)
+        errors += sum(row["errors"] for row in rows["rows"])
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
-    errors = results["durable"]["errors"] + results["bare"]["errors"]
     if errors:
         print(f"{errors} requests failed", file=sys.stderr)
         return 1
