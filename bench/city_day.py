@@ -98,7 +98,8 @@ def main() -> int:
     print(_table(result))
     results = ROOT / "bench" / "results"
     results.mkdir(exist_ok=True)
-    (results / "city_day.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    name = "city_day.quick.json" if args.quick else "city_day.json"  # a quick run keeps the full figures
+    (results / name).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     return 0 if result["ok"] else 1
 
 

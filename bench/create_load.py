@@ -16,22 +16,34 @@ from typing import Any
 PAYLOAD = {"amount": "5300.00", "currency": "KZT", "order_id": "bench", "description": "Lunch at the canteen"}
 
 
-async def python_client(port: int, key: str, seconds: float, connections: int, tag: str) -> dict[str, Any]:
-    """``connections`` clients, each sending one create after another for ``seconds``."""
+async def python_client(
+    port: int,
+    key: str,
+    seconds: float,
+    connections: int,
+    tag: str,
+    *,
+    payload: dict[str, Any] | None = None,
+    total: int | None = None,
+) -> dict[str, Any]:
+    """``connections`` clients, each sending one create after another for ``seconds`` (or until ``total``
+    creates were sent, if given first)."""
     import aiohttp
 
     latencies: list[float] = []
     errors = 0
-    body = json.dumps(PAYLOAD).encode()
+    sent = 0
+    body = json.dumps(payload or PAYLOAD).encode()
     deadline = time.perf_counter() + seconds
     url = f"http://127.0.0.1:{port}/v1/invoices"
     timeout = aiohttp.ClientTimeout(total=60)
 
     async def worker(n: int, session: aiohttp.ClientSession) -> None:
-        nonlocal errors
+        nonlocal errors, sent
         i = 0
-        while time.perf_counter() < deadline:
+        while time.perf_counter() < deadline and (total is None or sent < total):
             i += 1
+            sent += 1
             headers = {
                 "Content-Type": "application/json",
                 "Authorization": f"Bearer {key}",

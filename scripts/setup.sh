@@ -11,7 +11,8 @@ fi
 stamp=.venv/.installed-$(sha256sum pyproject.toml | cut -c1-16)
 if [ ! -f "$stamp" ]; then
   [ -x .venv/bin/python ] || "$python" -m venv .venv
-  .venv/bin/python -m pip install --quiet --upgrade pip
+  # setuptools too: the venv's bundled one (65.x) has known advisories (scripts/audit_deps.py)
+  .venv/bin/python -m pip install --quiet --upgrade pip setuptools
   .venv/bin/python -m pip install --quiet -e '.[test]'
   rm -f .venv/.installed-*
   touch "$stamp"
