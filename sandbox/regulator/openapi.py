@@ -21,6 +21,16 @@ def _problem(description: str) -> dict[str, Any]:
 
 _AUTH = {"401": _problem("Missing, unknown or revoked regulator token"), "403": _problem("A merchant key")}
 _OBJECT = {"application/json": {"schema": {"type": "object"}}}
+# An export's body is a stream of lines, CSV by default (format=csv) or JSON Lines (format=jsonl).
+_EXPORT_OK = {
+    "200": {
+        "description": "The period's rows; the audit head on the last line",
+        "content": {
+            "text/csv": {"schema": {"type": "string"}},
+            "application/x-ndjson": {"schema": {"type": "string"}},
+        },
+    }
+}
 _PERIOD = [
     {"name": "from", "in": "query", "schema": {"type": "string", "format": "date-time"}},
     {"name": "to", "in": "query", "schema": {"type": "string", "format": "date-time"}},
@@ -147,6 +157,7 @@ REGULATOR_PATHS: dict[str, Any] = {
                 {"name": "format", "in": "query", "schema": {"type": "string", "enum": ["csv", "jsonl"]}},
             ],
             **_BAD_QUERY,
+            **_EXPORT_OK,
         )
         for name, what in (
             ("payments", "Judged payments"),

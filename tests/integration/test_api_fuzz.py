@@ -7,6 +7,7 @@ The size is bounded for CI; CRYPTOCITY_SCHEMATHESIS_EXAMPLES raises it for a ful
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -15,19 +16,28 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.gateway_process import cli_env, create_merchant, start_gateway
+from tests.integration.gateway_process import cli_env, create_merchant, run_cli, start_gateway
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
-def test_no_server_errors_anywhere_in_the_api(tmp_path: Path) -> None:
+@pytest.mark.parametrize("caller", ["merchant", "regulator"])
+def test_no_server_errors_anywhere_in_the_api(tmp_path: Path, caller: str) -> None:
+    """Once with a merchant's API key (the regulator API then answers 403), once with a regulator token
+    (the merchant API then answers 403 and the regulator API's own paths and parameters are exercised)."""
     merchant = create_merchant(tmp_path)
     # With the sandbox on, so the regulator API is in the document too (with a merchant key it must answer 403).
-    gateway = start_gateway(tmp_path, env=cli_env(tmp_path, CRYPTOCITY_SANDBOX__ENABLED="true"))
+    sandbox_env = cli_env(tmp_path, CRYPTOCITY_SANDBOX__ENABLED="true")
+    gateway = start_gateway(tmp_path, env=sandbox_env)
     examples = os.environ.get("CRYPTOCITY_SCHEMATHESIS_EXAMPLES", "25")
     try:
         # one real invoice, so that generated ids sometimes hit and the 200 paths are exercised too
         gateway.request("POST", "/v1/invoices", {"amount": "100.00", "currency": "KZT"}, merchant["api_key"])
+        key = merchant["api_key"]
+        if caller == "regulator":
+            created = run_cli(tmp_path, "sandbox", "token", "create", "--label", "fuzz", env=sandbox_env)
+            assert created.returncode == 0, created.stderr
+            key = json.loads(created.stdout.splitlines()[0])["token"]
         result = subprocess.run(
             [
                 str(Path(sys.executable).parent / "schemathesis"),
@@ -40,7 +50,7 @@ def test_no_server_errors_anywhere_in_the_api(tmp_path: Path) -> None:
                 "--exclude-checks",
                 "positive_data_acceptance",
                 "-H",
-                f"Authorization: Bearer {merchant['api_key']}",
+                f"Authorization: Bearer {key}",
                 "--max-examples",
                 examples,
                 "--seed",
