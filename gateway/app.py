@@ -26,19 +26,26 @@ from typing import Any, Protocol
 import aiohttp
 import structlog
 from aiohttp import web
-from web3 import AsyncHTTPProvider, AsyncWeb3
+from web3 import AsyncWeb3
 
 from gateway.accounts.merchants import MerchantRegistry
 from gateway.address_pool import AddressPool, IndexAllocator
 from gateway.aio import cancel_and_wait, exit_with_parent
 from gateway.api import health, invoices
 from gateway.api import rates as rates_api
+from gateway.api.auth_limits import AuthFailureLimiter, AuthFailureLimits
 from gateway.api.metrics import setup_metrics
-from gateway.api.middleware import merchant_auth_middleware, request_context_middleware
-from gateway.api.openapi import build_openapi
+from gateway.api.middleware import (
+    auth_failure_limit_middleware,
+    body_size_middleware,
+    merchant_auth_middleware,
+    request_context_middleware,
+)
+from gateway.api.openapi import build_openapi, guarded_prefixes
 from gateway.api.problems import MAX_BODY_KEY, problem_middleware
 from gateway.api.state import (
     ADDRESSES,
+    AUTH_LIMITER,
     CLOCK,
     CONFIG,
     EXTENSIONS,
@@ -56,7 +63,7 @@ from gateway.chains.bitcoin_rpc import BitcoinRpc, RpcEndpoint, RpcUnavailable
 from gateway.chains.chain_state import ChainState
 from gateway.chains.ethereum import EthereumSettings, EthereumWatcher, check_ethereum_node
 from gateway.chains.watcher import WatcherRefused
-from gateway.chains.web3_http import keep_alive_web3
+from gateway.chains.web3_http import IdCheckedHTTPProvider, keep_alive_web3
 from gateway.checkout import setup_checkout
 from gateway.clock import Clock, SystemClock
 from gateway.cluster import (
@@ -97,12 +104,26 @@ def create_app(
 ) -> web.Application:
     """Build the gateway. ``store`` may be passed in (tests share one); otherwise it is opened from config."""
     ext = extensions or Extensions()
+    server = config.server
     app = web.Application(
-        client_max_size=config.server.max_body_bytes,
-        middlewares=[request_context_middleware, problem_middleware, merchant_auth_middleware],
+        client_max_size=server.max_body_bytes,
+        middlewares=[
+            request_context_middleware,
+            auth_failure_limit_middleware(guarded_prefixes(ext.routes)),
+            problem_middleware,
+            body_size_middleware,
+            merchant_auth_middleware,
+        ],
+        # aiohttp's keep-alive timer runs from a connection's opening and from each answer until the next
+        # complete request head, so it is the deadline for request heads too (slow clients are closed).
+        handler_args={"keepalive_timeout": server.header_timeout_seconds},
     )
     app[CONFIG] = config
     app[CLOCK] = clock or SystemClock()
+    limits = AuthFailureLimits(
+        server.auth_failures_per_minute, server.auth_failure_burst, server.auth_failure_max_clients
+    )
+    app[AUTH_LIMITER] = AuthFailureLimiter(limits, app[CLOCK])
     app[EXTENSIONS] = ext
     app[MAX_BODY_KEY] = config.server.max_body_bytes
     app.on_shutdown.append(_stop_seeking_leadership)
@@ -401,7 +422,7 @@ async def _chain_guard_ctx(app: web.Application) -> AsyncIterator[None]:
             await _refuse_wrong_chain("bitcoin", check_bitcoin_node(rpc, bitcoin_watcher_settings(cfg)))
     if cfg.ethereum.rpc.url:
         w3 = AsyncWeb3(
-            AsyncHTTPProvider(
+            IdCheckedHTTPProvider(
                 cfg.ethereum.rpc.url, request_kwargs={"timeout": 5.0}, exception_retry_configuration=None
             )
         )

@@ -48,6 +48,14 @@ class ServerConfig(_Section):
     max_body_bytes: Annotated[int, Field(ge=1024)] = 65536
     switch_interval_ms: Annotated[float, Field(gt=0, le=100)] = 1.0
     shutdown_timeout_seconds: Annotated[float, Field(gt=0)] = 10.0
+    # Edge protections (docs/configuration.md#server): a connection's request head and a request's body
+    # each have a deadline, so slow clients cannot hold connections open; failed authentications are
+    # rate-limited per client address, so keys cannot be guessed at speed.
+    header_timeout_seconds: Annotated[float, Field(gt=0, le=3600)] = 20.0
+    body_timeout_seconds: Annotated[float, Field(gt=0, le=3600)] = 30.0
+    auth_failures_per_minute: Annotated[int, Field(ge=1, le=100_000)] = 20
+    auth_failure_burst: Annotated[int, Field(ge=1, le=100_000)] = 20
+    auth_failure_max_clients: Annotated[int, Field(ge=1, le=10_000_000)] = 10_000
 
 
 class StoreConfig(_Section):
@@ -61,6 +69,8 @@ class StoreConfig(_Section):
     max_batch: Annotated[int, Field(ge=1, le=10000)] = 512
     readers: Annotated[int, Field(ge=1, le=16)] = 2
     busy_timeout_ms: Annotated[int, Field(ge=0)] = 5000
+    # A ceiling on the SQLite file, in pages (PRAGMA max_page_count); 0 = none. See config.toml.
+    max_pages: Annotated[int, Field(ge=0)] = 0
 
     @field_validator("schema_name")
     @classmethod

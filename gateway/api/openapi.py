@@ -2,17 +2,24 @@
 
 OpenAPI 3.1 uses JSON Schema 2020-12, which is what pydantic emits, so component schemas are taken as they
 are. Route extensions (the regulator API later) add their own paths and schemas.
+
+Every operation that declares ``security`` can answer 429 (too many failed authentications from the
+client's address, gateway/api/auth_limits.py); that answer is added here to all of them, the extensions'
+included, so no path can forget it. The same declarations say where the limit applies
+(:func:`guarded_prefixes`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import copy
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from gateway.api import models
+from gateway.api.middleware import MERCHANT_API_PREFIX
 from gateway.config import InvoicesConfig
 from gateway.extensions import RouteExtension
 from gateway.webhooks import openapi as webhook_openapi
@@ -315,6 +322,42 @@ def _paths() -> dict[str, Any]:
     }
 
 
+_HTTP_METHODS = frozenset({"get", "put", "post", "delete", "patch", "head", "options", "trace"})
+
+
+def _operations(paths: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
+    for item in paths.values():
+        for method, operation in item.items():
+            if method in _HTTP_METHODS:
+                yield operation
+
+
+def _secured(operation: Mapping[str, Any]) -> bool:
+    return bool(operation.get("security"))
+
+
+def _too_many_auth_failures() -> dict[str, Any]:
+    return {
+        **_problem("Too many failed authentications from this client address; retry after Retry-After"),
+        "headers": {
+            "Retry-After": {
+                "description": "Seconds until credentials from this address are accepted again",
+                "schema": {"type": "integer", "minimum": 1},
+            }
+        },
+    }
+
+
+def guarded_prefixes(extensions: Sequence[RouteExtension] = ()) -> tuple[str, ...]:
+    """Path prefixes where failed authentications are limited: the merchant API, and each extension
+    whose documented operations need credentials (the regulator API); public pages are left out."""
+    prefixes = [MERCHANT_API_PREFIX]
+    for extension in extensions:
+        if any(_secured(op) for op in _operations(extension.openapi_paths)):
+            prefixes.append(extension.prefix.rstrip("/") + "/")
+    return tuple(prefixes)
+
+
 def _apply_limits(schema: dict[str, Any], invoices: InvoicesConfig) -> None:
     """Write the configured limits that JSON Schema can express into the create-invoice schema."""
     props = schema["properties"]
@@ -348,6 +391,10 @@ def build_openapi(
         paths.update(extension.openapi_paths)
         schemas.update(extension.openapi_schemas)
         security.update(extension.openapi_security_schemes)
+    paths = copy.deepcopy(paths)  # the extensions' dicts are theirs: add the 429s to a copy
+    for operation in _operations(paths):
+        if _secured(operation):
+            operation["responses"].setdefault("429", _too_many_auth_failures())
     document: dict[str, Any] = {
         "openapi": "3.1.0",
         "info": {

@@ -86,6 +86,41 @@ def validation_problem(exc: ValidationError) -> Problem:
     return Problem(422, "Invalid request", summary, "validation-error", errors)
 
 
+def body_too_large(limit_bytes: int) -> Problem:
+    """413 for a body over ``server.max_body_bytes``, whether its Content-Length said so or its bytes did.
+
+    After an answer that left a body unread, aiohttp drains the rest for at most its lingering time (10 s)
+    and then closes the connection, so the client reads the answer rather than a reset."""
+    return Problem(
+        413,
+        "Request body too large",
+        f"the request body exceeds the limit of {limit_bytes} bytes",
+        "body-too-large",
+    )
+
+
+def body_timeout(seconds: float) -> Problem:
+    """408 for a body that did not arrive whole in time: a slow client must not hold the connection."""
+    return Problem(
+        408,
+        "Request timeout",
+        f"the request body did not arrive within {seconds:g} seconds; send it at once",
+        "request-timeout",
+    )
+
+
+def too_many_auth_failures(retry_after_seconds: int) -> Problem:
+    """429 for a client address that failed authentication too often (gateway/api/auth_limits.py)."""
+    return Problem(
+        429,
+        "Too many requests",
+        "too many failed authentications from your address; every request carrying credentials is refused"
+        f" for now, retry after {retry_after_seconds} seconds",
+        "too-many-auth-failures",
+        headers={"Retry-After": str(retry_after_seconds)},
+    )
+
+
 _STATUS_TITLES = {
     400: ("Bad request", "bad-request"),
     401: ("Unauthorized", "unauthorized"),
@@ -110,7 +145,7 @@ def _from_http_exception(exc: web.HTTPException, request: web.Request) -> Proble
         detail = f"{request.method} is not allowed on {request.path}; allowed: {', '.join(allowed)}"
         headers["Allow"] = ",".join(allowed)
     elif exc.status == 413:
-        detail = f"the request body exceeds the limit of {request.app.get(MAX_BODY_KEY, 0)} bytes"
+        return body_too_large(request.config_dict.get(MAX_BODY_KEY, 0))
     else:
         detail = exc.text or exc.reason
     return Problem(exc.status, title, detail, slug, headers=headers)

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import datetime
 from typing import TypeVar
 
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
-from gateway.api.problems import FieldError, Problem, validation_problem
+from gateway.api.problems import FieldError, Problem, body_timeout, validation_problem
+from gateway.api.state import CONFIG
 from gateway.clock import isoformat
 
 M = TypeVar("M", bound=BaseModel)
@@ -28,7 +30,17 @@ def _require_json(request: web.Request) -> None:
 async def read_model(request: web.Request, model: type[M]) -> tuple[M, bytes]:
     """Validate the body against ``model``; returns the model and the raw bytes (for idempotency)."""
     _require_json(request)
-    raw = await request.read()  # aiohttp raises 413 past client_max_size
+    if request.content.is_eof():  # the usual case: the whole body came with the headers
+        raw = await request.read()
+    else:
+        # A body that trickles in must not hold its handler and connection for as long as the client
+        # likes (aiohttp sets no deadline on reading one); past client_max_size aiohttp raises 413.
+        seconds = request.config_dict[CONFIG].server.body_timeout_seconds
+        try:
+            async with asyncio.timeout(seconds):
+                raw = await request.read()
+        except TimeoutError:
+            raise body_timeout(seconds) from None
     try:
         return model.model_validate_json(raw), raw
     except ValidationError as exc:

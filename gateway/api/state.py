@@ -6,6 +6,7 @@ from aiohttp import web
 
 from gateway.accounts.merchants import MerchantRegistry
 from gateway.address_pool import AddressPool
+from gateway.api.auth_limits import AuthFailureLimiter
 from gateway.clock import Clock
 from gateway.cluster.leader import Leadership
 from gateway.config import Config
@@ -26,6 +27,8 @@ SERVICE = web.AppKey("service", InvoiceService)
 OUTBOX = web.AppKey("outbox", OutboxRunner)
 RATES = web.AppKey("rates", ConfiguredRates)
 WEBHOOKS = web.AppKey("webhooks", WebhookDispatcher)
+# Failed authentications per client address (gateway/api/auth_limits.py), in this process's memory.
+AUTH_LIMITER = web.AppKey("auth_limiter", AuthFailureLimiter)
 # Whether this process leads (runs the watchers, the rates refresher, the outbox and the sweeper).
 LEADERSHIP = web.AppKey("leadership", Leadership)
 # Chain watchers running in this process, by chain name ("bitcoin"); /readyz reports their health.

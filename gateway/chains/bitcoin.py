@@ -25,7 +25,9 @@ and the block count. Then:
    that leaves the mempool without being mined produces a "dropped" fact: replaced when another mempool
    transaction spent its inputs, double spent when a block did, evicted otherwise. Drops are only judged
    when the mempool snapshot was taken at our tip, so a transaction that was just mined is never called
-   dropped.
+   dropped. The snapshot predates the sync, so it may still list a payment the sync has just found in a
+   block: that one is skipped (a node with a transaction index would return it, and it would be recorded
+   as pending again, then dropped).
 
 Matching is a dict lookup per output, so the cost of a block does not depend on the number of open invoices.
 """
@@ -107,10 +109,19 @@ class _PaymentTx:
 
 
 async def check_bitcoin_node(node: BitcoinNode, settings: WatcherSettings) -> None:
-    """Raise WatcherRefused unless the node is on the configured network (and not mainnet by accident)."""
+    """Raise WatcherRefused unless the node is on the configured network (and not mainnet by accident).
+
+    Only a real answer can refuse: a refusal stops the watcher for good, so an answer that is not a
+    ``getblockchaininfo`` object naming a chain, or a genesis that is not a block hash (a garbled or
+    misrouted answer, a node still starting), raises RpcUnavailable and is asked again at the next poll.
+    """
     info = await node.call("getblockchaininfo")
-    chain = str(info.get("chain", "")) if isinstance(info, dict) else ""
+    chain = info.get("chain") if isinstance(info, dict) else None
+    if not isinstance(chain, str) or not chain:
+        raise RpcUnavailable(f"getblockchaininfo answered no chain name: {str(info)[:80]!r}")
     genesis = str(await node.call("getblockhash", 0))
+    if not _is_block_hash(genesis):
+        raise RpcUnavailable(f"getblockhash 0 answered something that is not a block hash: {genesis[:80]!r}")
     if (genesis == MAINNET_GENESIS or chain == "main") and not settings.allow_mainnet:
         raise WatcherRefused("the node is on Bitcoin mainnet and bitcoin.allow_mainnet is false")
     if chain != CHAIN_NAMES[settings.network]:
@@ -296,7 +307,10 @@ class BitcoinWatcher(ChainWatcher[bytes]):
     # -- the mempool ---------------------------------------------------------------------------------
     async def _scan_mempool(self, txids: list[str], *, judge_drops: bool) -> None:
         current = set(txids)
-        fresh = [t for t in txids if t not in self._mempool_seen]
+        # The snapshot was taken before this poll's sync: a payment the sync has just found in a block may
+        # still be listed. It is mined, not pending; and a node with a transaction index would hand it out
+        # again, recorded anew with 0 confirmations and no block, then judged dropped at the next poll.
+        fresh = [t for t in txids if t not in self._mempool_seen and not self._mined_here(t)]
         fetched: set[str] = set()
         step = self._settings.fetch_batch
         facts: list[PaymentFact] = []
@@ -322,6 +336,11 @@ class BitcoinWatcher(ChainWatcher[bytes]):
         self._mempool_seen = (self._mempool_seen & current) | fetched
         if judge_drops:
             await self._judge_drops(current)
+
+    def _mined_here(self, txid: str) -> bool:
+        """Whether ``txid`` is a payment transaction in a block of the stored chain."""
+        known = self._payment_txs.get(txid)
+        return known is not None and known.height is not None
 
     def _note_mempool_spends(self, txid: str, tx: CTransaction) -> None:
         if not self._input_owner:
@@ -389,3 +408,7 @@ def _outpoints(tx: CTransaction) -> frozenset[Outpoint]:
     return frozenset(
         (bytes(txin.prevout.hash), int(txin.prevout.n)) for txin in tx.vin if not txin.prevout.is_null()
     )
+
+
+def _is_block_hash(text: str) -> bool:
+    return len(text) == 64 and all(c in "0123456789abcdef" for c in text.lower())

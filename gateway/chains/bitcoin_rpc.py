@@ -7,7 +7,9 @@ Bitcoin Core on testnet4/signet and against the local bcoin regtest node.
 Failure policy, because a node that hiccups must not cost a payment:
 - the node answered with an ``error`` object: :class:`RpcError`, not retried (except "warming up", -28);
 - the node could not be reached, timed out, or sent something that is not a JSON-RPC answer (truncated or
-  garbled): retried with exponential backoff, then :class:`RpcUnavailable`;
+  garbled), or an answer to another request (its id is not the one asked with: crossed wires in a proxy
+  would otherwise hand one call's result to another): retried with exponential backoff, then
+  :class:`RpcUnavailable`;
 - authentication refused: :class:`RpcUnavailable` at once (retrying cannot help).
 """
 
@@ -126,6 +128,10 @@ class BitcoinRpc:
         request = self._request(method, params)
 
         def check(answer: Any) -> Any:
+            if isinstance(answer, dict) and answer.get("id") != request["id"]:
+                raise _Transient(
+                    f"an answer to another request (id {answer.get('id')!r}, not {request['id']})"
+                )
             return _result_of(method, answer)
 
         return await self._with_retries(request, check)

@@ -40,6 +40,7 @@ from typing import Any
 
 from hexbytes import HexBytes
 from web3 import AsyncWeb3
+from web3.exceptions import BlockNotFound
 
 from gateway.addresses import checksum_eth_address as to_checksum_address
 from gateway.aio import wait_for_event
@@ -204,8 +205,18 @@ class EthereumWatcher(ChainWatcher[str]):
         return int(await self._w3.eth.block_number)
 
     async def _hashes_at(self, heights: Sequence[int]) -> list[str | None]:
+        """None only where the node says it has no block; any other failure is raised: a node that could
+        not answer is no node without the block, and taking it for one reads as a reorg of every height."""
         blocks = await asyncio.gather(*(self._w3.eth.get_block(h) for h in heights), return_exceptions=True)
-        return [None if isinstance(b, BaseException) else _hex(b["hash"]) for b in blocks]
+        hashes: list[str | None] = []
+        for block in blocks:
+            if isinstance(block, BlockNotFound):
+                hashes.append(None)
+            elif isinstance(block, BaseException):
+                raise block
+            else:
+                hashes.append(_hex(block["hash"]))
+        return hashes
 
     async def _block_at(self, height: int) -> StoredBlock:
         block = await self._w3.eth.get_block(height)

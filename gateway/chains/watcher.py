@@ -243,6 +243,10 @@ class ChainWatcher(ABC, Generic[K]):
             target = await self._node_height()
             fork = await self._find_fork(min(target, self._tip.height))
             if fork < self._tip.height:
+                # Below the stored window the new branch needs an anchor: ask for it before forgetting
+                # anything, so a node that fails now leaves the stored chain as it was. (Asked afterwards, a
+                # failure left no chain in memory, and every later poll failed on it.)
+                base = await self._block_at(fork) if fork < min(self._chain) else None
                 self.status.reorgs += 1
                 self._log.warning(
                     f"{self.chain.value}.reorg",
@@ -253,8 +257,7 @@ class ChainWatcher(ABC, Generic[K]):
                 await self._state.disconnect_above(fork)
                 for height in [h for h in self._chain if h > fork]:
                     del self._chain[height]
-                if not self._chain:  # the fork is below the stored window: re-anchor on the node's block
-                    base = await self._block_at(fork)
+                if base is not None:  # the fork is below the stored window: re-anchor on the node's block
                     await self._state.connect(base)
                     self._chain[fork] = base
             if await self._connect_range(fork + 1, target):

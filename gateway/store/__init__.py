@@ -40,6 +40,7 @@ async def open_store(config: StoreConfig) -> Store:
         max_batch=config.max_batch,
         readers=config.readers,
         busy_timeout_ms=config.busy_timeout_ms,
+        max_pages=config.max_pages,
     )
 
 

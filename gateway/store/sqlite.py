@@ -13,6 +13,10 @@ a fraction of what the HTTP layer can serve, and every aiosqlite call is a threa
 
 Some SQLite errors (disk full, I/O error) roll back the whole transaction by themselves; then every unit of
 the batch fails with StoreUnavailable and nothing of it is kept, which is what callers are promised.
+
+``max_pages`` caps the file (``PRAGMA max_page_count`` on the writer, the only connection that writes):
+past it SQLite answers SQLITE_FULL exactly as on a full disk. An operator can keep the store from filling
+the disk the logs and the node share; tests make a full disk with it where they cannot mount one.
 """
 
 from __future__ import annotations
@@ -170,8 +174,11 @@ class SqliteStore:
 
     backend = "sqlite"
 
-    def __init__(self, path: Path, *, max_batch: int, readers: int, busy_timeout_ms: int) -> None:
+    def __init__(
+        self, path: Path, *, max_batch: int, readers: int, busy_timeout_ms: int, max_pages: int = 0
+    ) -> None:
         self.path = path
+        self._max_pages = max_pages
         self._max_batch = max_batch
         self._reader_count = readers
         self._busy_timeout_ms = busy_timeout_ms
@@ -192,9 +199,22 @@ class SqliteStore:
 
     @classmethod
     async def open(
-        cls, path: Path | str, *, max_batch: int = 512, readers: int = 2, busy_timeout_ms: int = 5000
+        cls,
+        path: Path | str,
+        *,
+        max_batch: int = 512,
+        readers: int = 2,
+        busy_timeout_ms: int = 5000,
+        max_pages: int = 0,
     ) -> SqliteStore:
-        store = cls(Path(path), max_batch=max_batch, readers=readers, busy_timeout_ms=busy_timeout_ms)
+        """Open (creating and migrating) the store; ``max_pages`` > 0 caps the file's size in pages."""
+        store = cls(
+            Path(path),
+            max_batch=max_batch,
+            readers=readers,
+            busy_timeout_ms=busy_timeout_ms,
+            max_pages=max_pages,
+        )
         await store._start()
         return store
 
@@ -208,6 +228,8 @@ class SqliteStore:
             conn.row_factory = sqlite3.Row
             _configure(conn, self._busy_timeout_ms)
             apply_sqlite_migrations(conn)
+            if self._max_pages:  # after the migrations, which must never be what the cap refuses
+                conn.execute(f"PRAGMA max_page_count={int(self._max_pages)}")
             return conn
 
         try:

@@ -16,6 +16,7 @@ from merchants.sdk.errors import (
     InvalidResponse,
     NotFound,
     PermissionDenied,
+    RateLimited,
     ServiceUnavailable,
 )
 from merchants.sdk.models import (
@@ -88,6 +89,7 @@ __all__ = [
     "ProviderHealth",
     "Quote",
     "Rate",
+    "RateLimited",
     "RatesView",
     "ServiceUnavailable",
     "WebhookDelivery",

@@ -11,7 +11,8 @@
         ├── PermissionDenied        403: refused by policy (sandbox cap, merchant disabled)
         ├── NotFound                404: no such object in *your* account
         ├── Conflict                409: idempotency key reused with another body, or a forbidden transition
-        └── ServiceUnavailable      503: nothing was saved; ``retry_after`` says when to try again
+        ├── RateLimited             429: too many failed authentications from this address; ``retry_after``
+        └── ServiceUnavailable      503 (and 408, the body came too slowly): nothing was saved; ``retry_after``
 
 Webhook signature failures are not here: they concern a request the merchant *received*, see
 ``merchants.sdk.webhooks.WebhookVerificationError``.
@@ -123,15 +124,27 @@ class ServiceUnavailable(APIError):
         self.retry_after = retry_after
 
 
+class RateLimited(APIError):
+    """Too many failed authentications came from this client's address (a wrong or revoked key in a
+    loop, or someone guessing keys behind the same address); requests with credentials are refused until
+    ``retry_after`` seconds have passed. Not retried by the client: fix the key first."""
+
+    def __init__(self, *, retry_after: float | None = None, **fields: Any) -> None:
+        super().__init__(**fields)
+        self.retry_after = retry_after
+
+
 _BY_STATUS: dict[int, type[APIError]] = {
     400: InvalidRequest,
     401: AuthenticationError,
     403: PermissionDenied,
     404: NotFound,
+    408: ServiceUnavailable,  # the body did not arrive in time: nothing was read or saved, send it again
     409: Conflict,
     413: InvalidRequest,
     415: InvalidRequest,
     422: InvalidRequest,
+    429: RateLimited,
     503: ServiceUnavailable,
 }
 

@@ -5,12 +5,14 @@ What is retried, and why it is safe:
 - **503** (no fresh exchange rate, storage briefly down): the gateway promises nothing was saved, so any
   request may be sent again. The wait is the answer's ``Retry-After`` (seconds or an HTTP date), capped
   at ``max_retry_delay`` so a misconfigured proxy cannot park a checkout for an hour.
+- **408** (the gateway gave up waiting for the body): nothing was read or saved, so the same holds.
 - **Connection refused** (the request never left): safe for any request.
 - **Other connection errors and timeouts** (the request may have been processed): only for idempotent
   requests: GET, PATCH, DELETE, and POSTs carrying an ``Idempotency-Key``, which the client sends with
   the *same* key and the *same* body bytes on every attempt, so the gateway replays its first answer
   instead of creating a second invoice.
-- **Any other 4xx** is never retried: the same request would get the same answer.
+- **Any other 4xx** is never retried: the same request would get the same answer. That includes 429
+  (too many failed authentications from this address: a wrong key sent again only extends the wait).
 
 Time is injected (``sleep`` and ``clock``), so tests run the retry schedule without waiting.
 """
@@ -30,6 +32,7 @@ from merchants.sdk.errors import (
     APIError,
     FieldError,
     InvalidResponse,
+    RateLimited,
     ServiceUnavailable,
     error_class_for,
 )
@@ -104,10 +107,8 @@ def problem_error(answer: Answer, now: float) -> APIError:
         "body": problem,
     }
     cls = error_class_for(answer.status)
-    if cls is ServiceUnavailable:
-        return ServiceUnavailable(
-            retry_after=retry_after_seconds(answer.headers.get("Retry-After"), now), **fields
-        )
+    if cls is ServiceUnavailable or cls is RateLimited:
+        return cls(retry_after=retry_after_seconds(answer.headers.get("Retry-After"), now), **fields)
     return cls(**fields)
 
 

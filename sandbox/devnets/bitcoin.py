@@ -134,14 +134,16 @@ class BitcoinDevnet:
         txs_in_branch: Sequence[bytes | CTransaction] = (),
         coinbase_address: str | None = None,
         not_before: int | None = None,
+        txs_at: int = 0,
     ) -> list[str]:
         """Replace the last ``depth`` blocks by a longer competing branch; the new branch's block hashes.
 
         Builds ``depth + 1`` blocks on top of the block at height ``tip - depth`` (``depth=0`` just extends
-        the chain through submitblock), the first carrying ``txs_in_branch`` (raw or parsed, in order), and
-        submits them. The node switches branches when the last one arrives, exactly as on a network: the
-        blocks it disconnects become stale (``getblockhash`` at their heights answers the new hashes), and
-        their transactions return to the mempool only when bcoin allows it (see devnets.md).
+        the chain through submitblock), the one at offset ``txs_at`` (0, the first, by default; ``depth``
+        is the new tip) carrying ``txs_in_branch`` (raw or parsed, in order), and submits them. The node
+        switches branches when the last one arrives, exactly as on a network: the blocks it disconnects
+        become stale (``getblockhash`` at their heights answers the new hashes), and their transactions
+        return to the mempool only when bcoin allows it (see devnets.md).
 
         Coinbases pay the subsidy only (no fees claimed, which is valid) to ``coinbase_address``, or to an
         anyone-can-spend script when None. Each block's time is its parent's plus one second, raised above
@@ -154,6 +156,8 @@ class BitcoinDevnet:
         tip = await rpc.block_count()
         if not 0 <= depth <= tip:
             raise DevnetError(f"cannot reorganise {depth} blocks of a chain whose tip is at height {tip}")
+        if not 0 <= txs_at <= depth:
+            raise DevnetError(f"block offset {txs_at} is outside the {depth + 1}-block branch")
         fork_height = tip - depth
         script = ANYONE_CAN_SPEND
         if coinbase_address is not None:
@@ -174,7 +178,7 @@ class BitcoinDevnet:
                 prev,
                 height,
                 time,
-                list(txs_in_branch) if offset == 0 else [],
+                list(txs_in_branch) if offset == txs_at else [],
                 script,
                 segwit=height >= SEGWIT_HEIGHT,
             )

@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
+from gateway.api.state import CONFIG
 from gateway.invoices.service import PaymentFact
 from gateway.money import Asset, Chain
 from gateway.outbox import read_events_after
@@ -33,6 +34,7 @@ from merchants.sdk import (
     Event,
     InvalidRequest,
     NotFound,
+    RateLimited,
     ServiceUnavailable,
     sign_webhook,
     verify_webhook,
@@ -199,6 +201,23 @@ async def test_401_with_a_bad_key_and_404_for_unknown_or_foreign_ids(
     for invoice_id in ("inv_doesnotexist", theirs.id, "../rates"):
         with pytest.raises(NotFound):
             await sdk.get_invoice(invoice_id)
+
+
+async def test_a_key_guessed_too_often_becomes_rate_limited_and_is_not_retried(
+    gateway: Gateway, sdk_for: Callable[..., CryptoCityClient]
+) -> None:
+    sleeps = Sleeps()
+    guesser = sdk_for(gateway, key="cc_test_not_a_real_key", sleep=sleeps)
+    burst = gateway.app[CONFIG].server.auth_failure_burst
+    for _ in range(burst):
+        with pytest.raises(AuthenticationError):
+            await guesser.get_rates()
+    with pytest.raises(RateLimited) as caught:
+        await guesser.get_rates()
+    assert (
+        caught.value.status == 429 and caught.value.retry_after is not None and caught.value.retry_after > 0
+    )
+    assert sleeps.waits == []  # a 429 is raised at once: sending the wrong key again only extends the wait
 
 
 async def test_the_same_explicit_idempotency_key_gives_the_same_invoice(

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -87,13 +88,20 @@ class GatewayProcess:
 
 
 def start_gateway(
-    workdir: Path, *args: str, env: dict[str, str] | None = None, deadline: float = 60.0
+    workdir: Path,
+    *args: str,
+    env: dict[str, str] | None = None,
+    deadline: float = 60.0,
+    wrapper: Sequence[str] = (),
 ) -> GatewayProcess:
-    """`cryptocity serve` on a free port (port 0); reads the bound address from its first line."""
+    """`cryptocity serve` on a free port (port 0); reads the bound address from its first line.
+
+    ``wrapper`` is put before the command (e.g. ``unshare … sh -c '…; exec "$@"' sh``); it must exec the
+    command in the end, so the PID stays the gateway's."""
     environment = env or cli_env(workdir)
     environment.setdefault("CRYPTOCITY_SERVER__PORT", "0")
     process = subprocess.Popen(
-        [sys.executable, "-u", "-m", "sandbox.cli", "serve", *args],
+        [*wrapper, sys.executable, "-u", "-m", "sandbox.cli", "serve", *args],
         env=environment,
         cwd=workdir,
         stdout=subprocess.PIPE,

@@ -234,3 +234,27 @@ def test_requests_are_plain_json_rpc() -> None:
         "method": "getblockhash",
         "params": [7],
     }
+
+
+async def test_an_answer_to_another_request_is_retried_never_used(node: tuple[FakeNode, str]) -> None:
+    """Crossed wires (a proxy handing one request's answer to another): a height answered for
+    getblockchaininfo once made the watcher refuse a healthy node for good. The id tells them apart."""
+    fake, url = node
+    fake.script = lambda body, n: (
+        web.json_response({"result": 432, "error": None, "id": body["id"] + 1000})
+        if n == 1
+        else ok({"chain": "regtest"}, body)
+    )
+    rpc, session, slept = await _client(url, retries=1)
+    try:
+        assert await rpc.blockchain_info() == {"chain": "regtest"}
+    finally:
+        await session.close()
+    assert len(fake.requests) == 2 and len(slept) == 1
+    fake.script = lambda body, n: web.json_response({"result": 432, "error": None, "id": None})
+    rpc, session, _ = await _client(url, retries=0)
+    try:
+        with pytest.raises(RpcUnavailable, match="another request"):
+            await rpc.block_count()
+    finally:
+        await session.close()

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from gateway.addresses import btc_script_for_address
-from gateway.chains.bitcoin import BitcoinWatcher, WatcherRefused, WatcherSettings
+from gateway.chains.bitcoin import BitcoinWatcher, WatcherRefused, WatcherSettings, check_bitcoin_node
 from gateway.chains.bitcoin_rpc import RpcUnavailable
 from gateway.chains.chain_state import ChainState
 from gateway.money import Chain
@@ -356,3 +356,34 @@ async def test_a_reorg_deeper_than_the_stored_window_re_anchors_and_goes_on(gate
     assert (await invoice(gateway, invoice_id))["status"] == "settled"
     stored = await ChainState(gateway.store, Chain.BITCOIN).recent_blocks()
     assert [b.hash for b in stored] == node.main[-3:]
+
+
+class _Answers:
+    """A node whose chain-check answers are given: what a garbled or misrouted answer looks like."""
+
+    def __init__(self, info: Any, genesis: Any) -> None:
+        self._answers = {"getblockchaininfo": info, "getblockhash": genesis}
+
+    async def call(self, method: str, *params: Any) -> Any:
+        return self._answers[method]
+
+    async def batch(self, calls: Any) -> list[Any]:
+        raise AssertionError("the chain check makes single calls")
+
+
+@pytest.mark.parametrize(
+    ("info", "genesis"),
+    [
+        (None, "0f" * 32),  # a null result
+        ("0f" * 32, "0f" * 32),  # another call's answer (a block hash) for getblockchaininfo
+        ({"blocks": 432}, "0f" * 32),  # an object without a chain name
+        ({"chain": "regtest"}, 432),  # another call's answer (a height) for the genesis hash
+    ],
+)
+async def test_a_garbled_chain_check_answer_is_unavailable_never_a_refusal(info: Any, genesis: Any) -> None:
+    """A refusal stops the watcher for good; "the node is on ''" from a null or crossed answer did that to a
+    healthy node (found with tests/reliability/rpc_fault_proxy.py). Such answers are asked again instead."""
+    settings = WatcherSettings(hrp="rb", network="regtest")
+    with pytest.raises(RpcUnavailable):
+        await check_bitcoin_node(_Answers(info, genesis), settings)
+    await check_bitcoin_node(_Answers({"chain": "regtest"}, "0f" * 32), settings)  # a real answer passes

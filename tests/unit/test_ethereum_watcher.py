@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from eth_tester import EthereumTester
 from web3 import AsyncWeb3
@@ -273,3 +274,80 @@ async def test_chain_id_guard(eth_gateway: Gateway, dev_chain: DevChain) -> None
         await make_watcher(eth_gateway, dev_chain, chain_id=11155111).poll_once()
     with pytest.raises(WatcherRefused, match="mainnet"):
         await make_watcher(eth_gateway, dev_chain, mainnet_chain_ids=(1, dev_chain.chain_id)).poll_once()
+
+
+async def test_block_calls_failing_while_looking_for_the_fork_point_are_no_reorg(
+    eth_gateway: Gateway, dev_chain: DevChain, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A node whose ``eth_getBlockByNumber`` fails (a timeout, a 5xx, a reset) while the watcher compares
+    stored hashes with the node's is not a node without that block. Taken for one, the stored tip looked
+    reorged out: a reorg was counted and logged and the tip forgotten, and had every call failed, the whole
+    stored window (found with tests/reliability/rpc_fault_proxy.py)."""
+    watcher = make_watcher(eth_gateway, dev_chain)
+    await watcher.poll_once()
+    invoice = await eth_invoice(eth_gateway, MEDIUM)
+    await dev_chain.pay_eth(invoice["ETH"]["address"], invoice["ETH"]["amount_due_minor"])
+    await watcher.poll_once()
+    assert await status_of(eth_gateway, invoice["id"]) == ("settled", [])
+    paid_at = int(await dev_chain.w3.eth.block_number)  # the stored tip
+    dev_chain.mine(1)
+    get_block = dev_chain.w3.eth.get_block
+
+    async def failing(block_id: Any, *args: Any, **kwargs: Any) -> Any:
+        if block_id == paid_at:
+            raise aiohttp.ClientConnectionError("connection reset by peer")
+        return await get_block(block_id, *args, **kwargs)
+
+    monkeypatch.setattr(dev_chain.w3.eth, "get_block", failing)
+    with pytest.raises(aiohttp.ClientConnectionError):
+        await watcher.poll_once()
+    assert watcher.status.reorgs == 0
+    stored = await ChainState(eth_gateway.store, Chain.ETHEREUM).recent_blocks()
+    assert stored[-1].height == paid_at  # nothing forgotten
+    monkeypatch.setattr(dev_chain.w3.eth, "get_block", get_block)
+    await watcher.poll_once()
+    assert watcher.status.tip_height == await dev_chain.w3.eth.block_number
+    assert await status_of(eth_gateway, invoice["id"]) == ("settled", [])
+    [row] = await payments(eth_gateway, invoice["id"])
+    assert row["status"] == "accepted" and row["confirmations"] == 2
+
+
+async def test_a_reorg_below_the_stored_window_forgets_nothing_until_the_new_anchor_is_read(
+    eth_gateway: Gateway, dev_chain: DevChain, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reorg deeper than the stored window re-anchors the chain on the node's block below it. If reading
+    that block fails, the stored chain must stay as it was: forgotten first, it left the watcher with no
+    chain at all, failing every later poll, and a restart would have begun at the node's tip."""
+    watcher = EthereumWatcher(
+        dev_chain.w3,
+        ChainState(eth_gateway.store, Chain.ETHEREUM, keep=3),
+        eth_gateway.service,
+        EthereumSettings(chain_id=dev_chain.chain_id, tokens={dev_chain.token.address.lower(): Asset.USDT}),
+    )
+    await watcher.poll_once()
+    start = int(await dev_chain.w3.eth.block_number)
+    before = dev_chain.tester.take_snapshot()
+    dev_chain.mine(5)
+    await watcher.poll_once()
+    dev_chain.tester.revert_to_snapshot(before)
+    dev_chain.mine(6)  # every stored height (start+3 .. start+5) now holds another block
+    get_block = dev_chain.w3.eth.get_block
+    anchor = start + 2
+
+    async def failing_at_anchor(block_id: Any, *args: Any, **kwargs: Any) -> Any:
+        if block_id == anchor:
+            raise aiohttp.ClientConnectionError("connection reset by peer")
+        return await get_block(block_id, *args, **kwargs)
+
+    monkeypatch.setattr(dev_chain.w3.eth, "get_block", failing_at_anchor)
+    with pytest.raises(aiohttp.ClientConnectionError):
+        await watcher.poll_once()
+    assert [b.height for b in await ChainState(eth_gateway.store, Chain.ETHEREUM).recent_blocks()] == [
+        start + 3,
+        start + 4,
+        start + 5,
+    ]
+    monkeypatch.setattr(dev_chain.w3.eth, "get_block", get_block)
+    await watcher.poll_once()
+    assert watcher.status.tip_height == start + 6
+    assert watcher.status.tip_hash == (await get_block(start + 6))["hash"].to_0x_hex()

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.store import SqliteStore, Store, StoreError, StoreUnavailable, Tx, UniqueViolation
+from gateway.config import StoreConfig
+from gateway.store import SqliteStore, Store, StoreError, StoreUnavailable, Tx, UniqueViolation, open_store
 from gateway.store.migrations import load_migrations
 from tests.conftest import StoreFactory
 
@@ -175,6 +176,45 @@ async def test_disk_full_fails_the_batch_keeps_old_data_and_recovers(tmp_path: P
         assert check is not None and next(iter(check.values())) == "ok"
     finally:
         await store.close()
+
+
+async def test_store_max_pages_caps_the_file_and_freed_pages_are_written_again(tmp_path: Path) -> None:
+    """store.max_pages: the configured cap is the writer's max_page_count, so the gateway meets a full disk
+    where the operator (or a test, tests/reliability/test_disk_full.py) says; pages freed by a delete from
+    any connection are reused at once, without a restart."""
+    path = tmp_path / "capped.sqlite3"
+    first = await open_store(StoreConfig(path=str(path)))
+    await first.close()
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE filler (pad BLOB)")
+        conn.executemany("INSERT INTO filler VALUES (?)", [(b"x" * 3000,)] * 100)
+        pages = int(conn.execute("PRAGMA page_count").fetchone()[0])
+    store = await open_store(StoreConfig(path=str(path), max_pages=pages + 2))
+    try:
+        written = await _fill(store)
+        assert 0 < written < 1000 and await _count(store) == written
+        with pytest.raises(StoreUnavailable, match="full"):
+            await store.transaction(lambda tx: _put_padded(tx, "one more"))
+        with sqlite3.connect(path, timeout=10) as conn:
+            conn.execute("DELETE FROM filler")
+        await store.transaction(lambda tx: _put_padded(tx, "after"))
+        assert await _count(store) == written + 1
+    finally:
+        await store.close()
+
+
+async def _fill(store: Store) -> int:
+    """Write padded rows until the store is full; how many were written."""
+    for i in range(1000):
+        try:
+            await store.transaction(lambda tx, i=i: _put_padded(tx, f"c{i}"))
+        except StoreUnavailable:
+            return i
+    return 1000
+
+
+async def _put_padded(tx: Tx, name: str) -> None:
+    await tx.execute("INSERT INTO consumer_cursors VALUES (?, 0, ?)", (name, "x" * 1500))
 
 
 async def test_migrations_are_numbered_and_reapplying_is_a_no_op(store_factory: StoreFactory) -> None:
