@@ -295,8 +295,8 @@ def main() -> int:
     parser.add_argument(
         "--rounds",
         type=int,
-        default=1,
-        help="measure the store/process rows this many times, taking turns; medians decide (default 1)",
+        default=3,
+        help="measure the store/process rows this many times, taking turns; medians decide (default 3; --quick: 1)",
     )
     parser.add_argument(
         "--py-spy",
