@@ -28,7 +28,6 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
-from embit import bip39
 
 from gateway.store import PostgresStore
 from sandbox.devnets.bitcoin import REGTEST_HRP, BitcoinDevnet
@@ -120,22 +119,10 @@ class Receiver:
 @pytest.fixture
 async def chains(tmp_path: Path) -> AsyncIterator[Chains]:
     """bcoin and anvil on free loopback ports, started together and stopped by PID (their own stop)."""
-    bitcoin = BitcoinDevnet(log_path=tmp_path / "bcoin.log")
-    ethereum = EthereumDevnet(automine=False, log_path=tmp_path / "anvil.log")
-    try:
-        started = await asyncio.gather(bitcoin.start(), ethereum.start(), return_exceptions=True)
-        for result in started:
-            if isinstance(result, BaseException):
-                raise result
-        btc_wallet = BitcoinWallet.from_mnemonic(bip39.mnemonic_from_bytes(os.urandom(16)), REGTEST_HRP)
-        eth_payer = EthereumWallet.from_private_key(ethereum.accounts[1].private_key)
-        usdt_payer = EthereumWallet.from_private_key(ethereum.accounts[2].private_key)
-        mint = await ethereum.mint(usdt_payer.address, 10**12, wait=False)  # a million tUSDT
-        await ethereum.mine()
-        await asyncio.gather(bitcoin.fund(btc_wallet), ethereum.wait_for_receipt(mint))
-        yield Chains(bitcoin, ethereum, btc_wallet, eth_payer, usdt_payer)
-    finally:
-        await asyncio.gather(bitcoin.stop(), ethereum.stop())
+    from tests.reliability.crash_load import open_chains  # here: crash_load imports this module's Chains
+
+    async with open_chains(tmp_path, None, usdt_units=10**12) as started:  # a million tUSDT
+        yield started
 
 
 @pytest.fixture

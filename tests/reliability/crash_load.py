@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import itertools
 import json
+import os
 import random
 import time
 from collections.abc import AsyncIterator
@@ -49,10 +50,10 @@ GIVE_UP_SECONDS = 120.0  # one request unanswered this long is a finding, not a 
 
 
 @contextlib.asynccontextmanager
-async def open_chains(workdir: Path, seed: int) -> AsyncIterator[Chains]:
+async def open_chains(workdir: Path, seed: int | None, *, usdt_units: int = 10**13) -> AsyncIterator[Chains]:
     """bcoin and anvil (automine off: blocks come from the miner), funded wallets; stopped by PID.
 
-    The Bitcoin wallet's mnemonic comes from the seed; its 432 funding coinbases give 333 mature coins, and
+    The Bitcoin wallet's mnemonic comes from the seed (None: a random one); its 432 funding coinbases give 333 mature coins, and
     it rescans as it goes so its mined change is spent too (it prefers confirmed coins, so payments never
     chain unconfirmed transactions past bcoin's limit).
     """
@@ -63,11 +64,11 @@ async def open_chains(workdir: Path, seed: int) -> AsyncIterator[Chains]:
         for result in started:
             if isinstance(result, BaseException):
                 raise result
-        entropy = random.Random(f"{seed}:wallet").randbytes(16)
+        entropy = os.urandom(16) if seed is None else random.Random(f"{seed}:wallet").randbytes(16)
         btc_wallet = BitcoinWallet.from_mnemonic(bip39.mnemonic_from_bytes(entropy), REGTEST_HRP)
         eth_payer = EthereumWallet.from_private_key(ethereum.accounts[1].private_key)
         usdt_payer = EthereumWallet.from_private_key(ethereum.accounts[2].private_key)
-        mint = await ethereum.mint(usdt_payer.address, 10**13, wait=False)  # ten million tUSDT
+        mint = await ethereum.mint(usdt_payer.address, usdt_units, wait=False)  # default: ten million tUSDT
         await ethereum.mine()
         await asyncio.gather(bitcoin.fund(btc_wallet), ethereum.wait_for_receipt(mint))
         yield Chains(bitcoin, ethereum, btc_wallet, eth_payer, usdt_payer)
