@@ -45,13 +45,8 @@ sys.path.insert(0, str(ROOT))
 RESULTS = ROOT / "bench" / "results"
 
 from bench.create_load import PAYLOAD, python_client  # noqa: E402
-from bench.store_processes import print_rows, run_rows  # noqa: E402
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from bench.store_processes import print_rows, process_cpu_seconds, run_rows  # noqa: E402
+from sandbox.devnets.process import free_port  # noqa: E402
 
 
 def wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
@@ -211,11 +206,6 @@ def load(port: int, key: str, seconds: float, connections: int, tag: str, client
     if client == "wrk" or (client == "auto" and shutil.which("wrk")):
         return {"client": "wrk", **run_wrk(port, key, seconds, connections, tag)}
     return {"client": "python-aiohttp", **asyncio.run(python_client(port, key, seconds, connections, tag))}
-
-
-def process_cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def measure_durable_vs_bare(seconds: float, connections: int, tag: str, client: str) -> dict[str, Any]:

@@ -209,8 +209,8 @@ def result_path(bench: Bench, quick: bool) -> Path:
     return RESULTS / name
 
 
-def run_one(bench: Bench, quick: bool, extra: list[str]) -> dict[str, Any]:
-    argv = [sys.executable, str(ROOT / "bench" / f"{bench.name}.py"), *(["--quick"] if quick else []), *extra]
+def run_one(bench: Bench, quick: bool) -> dict[str, Any]:
+    argv = [sys.executable, str(ROOT / "bench" / f"{bench.name}.py"), *(["--quick"] if quick else [])]
     print(f"\n== {bench.name}: {' '.join(argv[1:])}", flush=True)
     path = result_path(bench, quick)
     path.unlink(missing_ok=True)  # a stale file must not pass for this run's figures
@@ -277,7 +277,7 @@ def main() -> int:
     chosen = [b for b in BENCHES if not args.only or b.name in args.only]
     started = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     commit = git_commit()
-    runs = [{**run_one(bench, args.quick, []), "started": started, "commit": commit} for bench in chosen]
+    runs = [{**run_one(bench, args.quick), "started": started, "commit": commit} for bench in chosen]
     out = args.out or RESULTS / ("latest.quick.json" if args.quick else "latest.json")
     if args.only and out.exists():
         # Some benchmarks again: the others keep their latest entries (each says when and at which commit).

@@ -99,9 +99,7 @@ class AuthFailureLimiter:
         if tokens >= self.limits.burst:
             del self._buckets[client]  # refilled: the same as never having failed
             return None
-        if tokens >= 1:
-            return None
-        return max(1, math.ceil((1 - tokens) / self._per_second))
+        return self._wait(tokens)
 
     def record_failure(self, client: str) -> int | None:
         """Charge one failed authentication; returns the wait it now faces (None while it may go on)."""
@@ -114,6 +112,10 @@ class AuthFailureLimiter:
         self._buckets[client] = bucket  # (re)inserted last: the most recently failing client
         while len(self._buckets) > self.limits.max_clients:
             self._buckets.popitem(last=False)
-        if bucket.tokens >= 1:
+        return self._wait(bucket.tokens)
+
+    def _wait(self, tokens: float) -> int | None:
+        """Whole seconds until a bucket holding ``tokens`` has one again; None if it has one now."""
+        if tokens >= 1:
             return None
-        return max(1, math.ceil((1 - bucket.tokens) / self._per_second))
+        return max(1, math.ceil((1 - tokens) / self._per_second))

@@ -189,10 +189,6 @@ class ChainState:
         """Followed payments seen only in the mempool (no block yet)."""
         return await self._payments("p.block_height IS NULL", ())
 
-    async def payments_from(self, height: int) -> list[TrackedPayment]:
-        """Followed payments mined at ``height`` or above (the ones whose confirmations still change)."""
-        return await self._payments("p.block_height >= ?", (height,))
-
     async def payments_to_count(self, lowest: int, recent: int, depth: int) -> list[TrackedPayment]:
         """Followed payments mined at ``lowest`` or above whose stored confirmations may be out of date:
         every one from ``recent`` up, and deeper ones whose count is still below ``depth``.

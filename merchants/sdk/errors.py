@@ -112,26 +112,26 @@ class Conflict(APIError):
     """The request conflicts with the object's state or with an earlier request under the same key."""
 
 
-class ServiceUnavailable(APIError):
-    """The gateway could not do it now and saved nothing (no fresh rate, storage down).
-
-    ``retry_after`` is the gateway's Retry-After in seconds (None if it sent none). The client has
-    already retried up to ``max_retries`` times before raising this.
-    """
+class _RetryAfter(APIError):
+    """An error answer that says when to try again: ``retry_after``, the gateway's Retry-After in seconds
+    (None if it sent none)."""
 
     def __init__(self, *, retry_after: float | None = None, **fields: Any) -> None:
         super().__init__(**fields)
         self.retry_after = retry_after
 
 
-class RateLimited(APIError):
+class ServiceUnavailable(_RetryAfter):
+    """The gateway could not do it now and saved nothing (no fresh rate, storage down).
+
+    The client has already retried up to ``max_retries`` times before raising this.
+    """
+
+
+class RateLimited(_RetryAfter):
     """Too many failed authentications came from this client's address (a wrong or revoked key in a
     loop, or someone guessing keys behind the same address); requests with credentials are refused until
     ``retry_after`` seconds have passed. Not retried by the client: fix the key first."""
-
-    def __init__(self, *, retry_after: float | None = None, **fields: Any) -> None:
-        super().__init__(**fields)
-        self.retry_after = retry_after
 
 
 _BY_STATUS: dict[int, type[APIError]] = {

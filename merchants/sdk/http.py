@@ -32,8 +32,8 @@ from merchants.sdk.errors import (
     APIError,
     FieldError,
     InvalidResponse,
-    RateLimited,
     ServiceUnavailable,
+    _RetryAfter,
     error_class_for,
 )
 
@@ -107,7 +107,7 @@ def problem_error(answer: Answer, now: float) -> APIError:
         "body": problem,
     }
     cls = error_class_for(answer.status)
-    if cls is ServiceUnavailable or cls is RateLimited:
+    if issubclass(cls, _RetryAfter):
         return cls(retry_after=retry_after_seconds(answer.headers.get("Retry-After"), now), **fields)
     return cls(**fields)
 

@@ -18,11 +18,12 @@ import os
 import pwd
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from sandbox.devnets.process import free_port
 
 SUPERUSER = "postgres"  # the cluster's superuser (initdb -U) and, when we are root, the OS user running it
 _BIN_ENV = "CRYPTOCITY_TEST_PG_BIN"  # a directory holding initdb and pg_ctl, to override the search
@@ -45,13 +46,6 @@ def find_bin_dir() -> Path | None:
         if (directory / "initdb").is_file() and (directory / "pg_ctl").is_file():
             return directory
     return None
-
-
-def free_port() -> int:
-    """A loopback TCP port nobody listens on now (the server binds it a moment later)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass(frozen=True, slots=True)
